@@ -1,0 +1,67 @@
+"""Atomic checkpoints: everything a run needs to continue, written to a temp file then renamed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crl.core import UsageError
+
+FORMAT = "crl-checkpoint"
+VERSION = 1
+FILENAME = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (+ format marker and RNG states) to run_dir/checkpoint.pt atomically.
+
+    A kill at any moment leaves either the previous checkpoint or the new one, never a torn file:
+    the data is fsynced in a temp file in the same directory, then renamed over the old one.
+    """
+    path = Path(run_dir) / FILENAME
+    tmp = path.with_suffix(".pt.tmp")
+    data = {"format": FORMAT, "version": VERSION, "rng": rng_state(), **payload}
+    with open(tmp, "wb") as f:
+        torch.save(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(run_dir: Path) -> dict[str, Any]:
+    """Load run_dir/checkpoint.pt; a missing, corrupt or foreign file is a UsageError."""
+    path = Path(run_dir) / FILENAME
+    if not path.exists():
+        raise UsageError(f"{run_dir} has no {FILENAME}; resume needs a run dir written by 'crl train'")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UsageError(f"{path} is corrupt or not a crl checkpoint ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a crl checkpoint (no '{FORMAT}' marker)")
+    if data.get("version") != VERSION:
+        raise UsageError(f"{path} has checkpoint version {data.get('version')}; this crl reads version {VERSION}")
+    return data

@@ -1,0 +1,165 @@
+"""The ``crl`` command: list, train, eval, report.
+
+Bad input (unknown names, wrong types, unreadable files, missing devices) ends with one line on
+stderr, ``crl: error: ...``, and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crl.core import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage first)
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train an agent through a sequence, evaluating every task as it goes")
+    p.add_argument("--seq", help="sequence name (crl list)")
+    p.add_argument("--agent", help="agent name (crl list)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
+    p.add_argument("--backend", default="auto", help="auto | envpool | gymnasium (auto: EnvPool where it imports)")
+    p.add_argument("--preset", help="smoke | quick | paper (configs/preset/); default: the sequence's own protocol")
+    p.add_argument("--steps-per-task", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--eval-episodes", type=int)
+    p.add_argument("--num-envs", type=int, help="parallel training envs")
+    p.add_argument("--run-dir", type=Path, help="default: runs/<seq>__<agent>__s<seed>__<time>/")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set agent.lr=1e-4 (repeatable)")
+    p.add_argument("--reference", action="store_true",
+                   help="single-task reference runs (fresh agent per task) that forward transfer is measured against")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crl", description="Continual reinforcement learning: train, evaluate and report.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="sequences (with their tasks), agents and presets")
+    _add_train(sub)
+    p = sub.add_parser("eval", help="re-evaluate a run's last checkpoint on all tasks")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--episodes", type=int, help="episodes per task (default: the run's)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None)
+    p = sub.add_parser("report", help="metrics table (and plots) of finished runs; several seeds → mean and 90%% CI")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    return parser
+
+
+def cmd_list() -> None:
+    from crl.agents import AGENTS
+    from crl.config import available, config_dir, read_yaml
+    from crl.envs import SEQUENCES, make_sequence
+
+    print("sequences:")
+    for name in SEQUENCES:
+        seq = make_sequence(name)
+        print(f"  {name:<8} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
+        print("           " + ", ".join(seq.labels))
+    print("agents:")
+    for name, (_, _, desc) in AGENTS.items():
+        print(f"  {name:<8} {desc}")
+    print("presets:")
+    for name in available("preset"):
+        desc = read_yaml(config_dir() / "preset" / f"{name}.yaml").get("description", "")
+        print(f"  {name:<8} {desc}")
+
+
+def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
+    print(f"run dir: {run_dir}")
+    m = results.get("metrics", {})
+    keys = ("average_performance", "forgetting", "forward_transfer", "gem_acc", "gem_bwt", "avg_min_acc", "wc_acc")
+    print("  " + "  ".join(f"{k}={m[k]:.3f}" for k in keys if isinstance(m.get(k), float)))
+    if results.get("env_steps_per_s"):
+        print(f"  {results['env_steps']:,} env steps in {results['wall_time_s']:.0f}s ({results['env_steps_per_s']:.0f} steps/s)")
+
+
+def cmd_train(args) -> None:
+    from crl import loop
+    from crl.config import build_config
+
+    if args.resume is not None:
+        run_dir, results = loop.resume(args.resume, quiet=args.quiet, device=None if args.device == "auto" else args.device)
+    else:
+        missing = [f"--{n}" for n in ("seq", "agent") if getattr(args, n) is None]
+        if missing:
+            raise UsageError(f"crl train needs {' and '.join(missing)} (or --resume RUN_DIR); see 'crl list'")
+        cfg = build_config(
+            args.seq, args.agent, seed=args.seed, device=args.device, backend=args.backend, preset=args.preset,
+            reference=args.reference, sets=args.set,
+            train_flags={"steps_per_task": args.steps_per_task, "eval_every": args.eval_every,
+                         "eval_episodes": args.eval_episodes, "num_envs": args.num_envs},
+        )
+        run_dir, results = loop.train(cfg, args.run_dir, quiet=args.quiet)
+    if not args.quiet:
+        _print_summary(run_dir, results)
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from crl import checkpoint, loop
+    from crl.config import resolve_device
+    from crl.envs import make_sequence
+    from crl.evaluate import Evaluator
+
+    cfg = loop.load_run_config(args.run_dir)
+    data = checkpoint.load(args.run_dir)
+    device = resolve_device(args.device or cfg.device)
+    sequence = make_sequence(cfg.seq)
+    agent = loop.make_agent(cfg, sequence, device)
+    agent.load_state_dict(data["agent"])
+    torch.manual_seed(cfg.seed)
+    episodes = args.episodes or cfg.train.eval_episodes
+    evaluator = Evaluator(sequence, episodes, cfg.seed + 7, args.backend or cfg.backend, device,
+                          deterministic=cfg.train.eval_deterministic)
+    rows = evaluator.evaluate(agent)
+    evaluator.close()
+    step = data["loop"]["global_step"]
+    print(f"{args.run_dir} at env step {step:,} ({episodes} episodes per task)")
+    for row, label in zip(rows, sequence.labels):
+        print(f"  {label:<24} score {row['score']:.2f}  success {row['success']:.2f}  return {row['return']:.1f}")
+    print(f"  {'average':<24} score {sum(r['score'] for r in rows) / len(rows):.2f}")
+    out = {"step": step, "episodes": episodes, "rows": [{"task": lab, **r} for r, lab in zip(rows, sequence.labels)]}
+    (Path(args.run_dir) / "eval.json").write_text(json.dumps(out, indent=2))
+
+
+def cmd_report(args) -> None:
+    from crl.report import report
+
+    report(args.run_dirs, as_json=args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "list":
+            cmd_list()
+        elif args.command == "train":
+            cmd_train(args)
+        elif args.command == "eval":
+            cmd_eval(args)
+        elif args.command == "report":
+            cmd_report(args)
+    except UsageError as e:
+        print(f"crl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crl: interrupted; the last checkpoint is kept (crl train --resume RUN_DIR continues)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

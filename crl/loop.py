@@ -1,0 +1,213 @@
+"""The continual loop: train an agent through a sequence, evaluate every task as it goes, checkpoint.
+
+The loop owns time (budgets, evaluation and checkpoint cadence, logging); the agent owns learning.
+A run dir holds config.yaml, evals.jsonl, checkpoint.pt, TensorBoard events, and at the end
+results.json and retention.png.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from crl import checkpoint
+from crl.config import RunConfig, config_from_dict, resolve_device
+from crl.core import Agent, Sequence, Transitions, UsageError
+from crl.evaluate import Evaluator
+from crl.monitor import Monitor, read_evals, write_evals
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class LoopState:
+    """Where the run is; saved in every checkpoint."""
+
+    task: int = 0  # position of the task being trained (== N when the sequence is done)
+    task_steps: int = 0  # env steps spent on that task
+    global_step: int = 0  # env steps across the whole sequence
+    eval_id: int = 0  # evaluations done so far
+    evals: list[dict[str, Any]] = field(default_factory=list)  # every evaluation row
+    wall_time: float = 0.0  # seconds of training + evaluation, summed over resumes
+    segments: int = 0  # how many times the run was started (1 + resumes)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_agent(cfg: RunConfig, sequence: Sequence, device: torch.device) -> Agent:
+    from crl.agents import agent_class
+
+    first = sequence.tasks[0]
+    return agent_class(cfg.agent)(first.obs_dim, first.act_dim, len(sequence), cfg.agent_config, device)
+
+
+def default_run_dir(cfg: RunConfig, root: Path = Path("runs")) -> Path:
+    kind = "__reference" if cfg.reference else ""
+    return root / f"{cfg.seq}__{cfg.agent}{kind}__s{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Create a fresh run dir; refuse to write into one that already holds a run."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run dir {run_dir} already exists and is not empty; use --resume {run_dir} or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir() or not path.exists():
+        raise UsageError(f"{run_dir} is not a crl run dir (no {CONFIG_FILE})")
+    from crl.config import read_yaml
+
+    data = read_yaml(path)
+    if "run" not in data:
+        raise UsageError(f"{path} is not a crl run config (no 'run' section)")
+    return config_from_dict(data)
+
+
+class ContinualLoop:
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, quiet: bool = False):
+        from crl.envs import make_sequence
+
+        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.device = resolve_device(cfg.device)
+        self.sequence = make_sequence(cfg.seq)
+        self.state = LoopState()
+        seed_everything(cfg.seed)
+        self.agent = make_agent(cfg, self.sequence, self.device)
+        self.evaluator = Evaluator(self.sequence, cfg.train.eval_episodes, cfg.seed, cfg.backend, self.device,
+                                   deterministic=cfg.train.eval_deterministic)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.run_dir, {
+            "config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "loop": asdict(self.state),
+        })
+
+    def restore(self) -> None:
+        data = checkpoint.load(self.run_dir)
+        identity = ("seq", "agent", "seed", "reference")
+        if any(data["config"]["run"].get(k) != getattr(self.cfg, k) for k in identity):
+            raise UsageError(f"checkpoint in {self.run_dir} belongs to another run configuration")
+        self.state = LoopState(**data["loop"])
+        self.agent.load_state_dict(data["agent"])
+        checkpoint.set_rng_state(data["rng"])
+        # Rows written after the checkpoint will be evaluated again: drop them so none is doubled.
+        write_evals(self.run_dir, self.state.evals)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def evaluate(self, active: int, tasks=None) -> None:
+        started = time.perf_counter()
+        results = self.evaluator.evaluate(self.agent, tasks)
+        labels = self.sequence.labels
+        rows = [{
+            "eval_id": self.state.eval_id, "step": self.state.global_step, "active_task": active,
+            "task": labels[r["task_index"]], **r, "eval_seconds": round(time.perf_counter() - started, 3),
+        } for r in results]
+        self.state.evals.extend(rows)
+        self.state.eval_id += 1
+        self.monitor.log_evaluation(rows, self.state.global_step)
+
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        cfg, tcfg, seq, st = self.cfg, self.cfg.train, self.sequence, self.state
+        if resume:
+            self.restore()
+            st = self.state
+        st.segments += 1
+        budget, n_tasks = tcfg.steps_per_task, len(seq)
+        self.monitor = Monitor(self.run_dir, total_steps=budget * n_tasks, start_step=st.global_step, quiet=self.quiet,
+                               purge_step=st.global_step if resume else None, hparams=cfg.to_dict())
+        segment_start = time.perf_counter()
+        wall_before = st.wall_time
+        last_ckpt = st.global_step
+        try:
+            if st.eval_id == 0 and tcfg.eval_at_start and not cfg.reference:
+                self.evaluate(active=-1)
+                self.save_checkpoint()
+            while st.task < n_tasks:
+                task = seq.tasks[st.task]
+                self.monitor.set_task(task.index, n_tasks, seq.labels[task.index], st.global_step)
+                if st.task_steps == 0:
+                    if cfg.reference:  # single-task reference: a fresh agent for every task
+                        seed_everything(cfg.seed + task.index)
+                        self.agent = make_agent(cfg, seq, self.device)
+                    self.agent.begin_task(task)
+                # The env's RNG stream cannot be checkpointed, so each segment gets its own seed.
+                env = task.make_vec(tcfg.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend)
+                obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
+                first = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
+                task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=self.device)
+                task_done = st.task_steps >= budget
+                while not task_done:
+                    action = self.agent.act(obs, task.index, explore=True, first=first)
+                    step = env.step(action.cpu().numpy())
+                    ended = step.terminated | step.truncated
+                    self.agent.observe(Transitions(
+                        obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
+                        next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),
+                        terminated=torch.as_tensor(step.terminated, dtype=torch.float32, device=self.device),
+                        truncated=torch.as_tensor(step.truncated, dtype=torch.float32, device=self.device),
+                        task_index=task_idx,
+                    ))
+                    stats = self.agent.update()
+                    if stats:
+                        self.monitor.add_train_stats(stats)
+                    obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
+                    first = torch.as_tensor(ended, device=self.device)
+                    before = st.task_steps
+                    st.task_steps += env.num_envs
+                    st.global_step += env.num_envs
+                    self.monitor.advance(env.num_envs)
+                    if st.global_step // tcfg.log_every > (st.global_step - env.num_envs) // tcfg.log_every:
+                        self.monitor.flush_train(st.global_step)
+                    task_done = st.task_steps >= budget
+                    if task_done or st.task_steps // tcfg.eval_every > before // tcfg.eval_every:
+                        self.evaluate(active=task.index, tasks=[task] if cfg.reference else None)
+                        if task_done:
+                            self.agent.end_task(task)
+                            st.task, st.task_steps = st.task + 1, 0
+                        if task_done or st.global_step - last_ckpt >= tcfg.checkpoint_every:
+                            st.wall_time = wall_before + time.perf_counter() - segment_start
+                            self.save_checkpoint()
+                            last_ckpt = st.global_step
+                env.close()
+            st.wall_time = wall_before + time.perf_counter() - segment_start
+        finally:
+            self.monitor.close()
+            self.evaluator.close()
+        from crl.results import finalize
+
+        return finalize(self.run_dir, self.cfg, self.sequence, st)
+
+
+def train(cfg: RunConfig, run_dir: Path | None = None, *, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    resolve_device(cfg.device)  # fail before anything is written
+    prepare_run_dir(run_dir, cfg)
+    loop = ContinualLoop(cfg, run_dir, quiet=quiet)
+    return run_dir, loop.run()
+
+
+def resume(run_dir: Path, *, quiet: bool = False, device: str | None = None) -> tuple[Path, dict[str, Any]]:
+    cfg = load_run_config(run_dir)
+    if device is not None:
+        cfg.device = device
+    loop = ContinualLoop(cfg, run_dir, quiet=quiet)
+    return Path(run_dir), loop.run(resume=True)
+
+
+__all__ = ["ContinualLoop", "LoopState", "train", "resume", "load_run_config", "read_evals"]

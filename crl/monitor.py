@@ -1,0 +1,113 @@
+"""What a run shows while it runs: TensorBoard scalars, evals.jsonl, a progress bar.
+
+TensorBoard tags (DESIGN.md): ``eval/<task>/success``, ``eval/<task>/return``,
+``eval/average_success``, ``train/<quantity>``, ``time/fps``, ``task/index``; the x-axis is the
+global env step across the whole sequence, so curves never split at task switches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+EVALS_FILE = "evals.jsonl"
+
+
+def write_evals(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite evals.jsonl atomically (used on resume to drop rows newer than the checkpoint)."""
+    path = Path(run_dir) / EVALS_FILE
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_evals(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / EVALS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a kill mid-write; everything before it is intact
+    return rows
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, quiet: bool,
+                 purge_step: int | None = None, hparams: dict[str, Any] | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+        if hparams is not None and purge_step is None:
+            self.writer.add_text("config", "```yaml\n" + json.dumps(hparams, indent=2) + "\n```", 0)
+        self._evals = open(self.run_dir / EVALS_FILE, "a")
+        self.quiet = quiet
+        self.bar = None if quiet else tqdm(
+            total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
+            disable=None if not os.environ.get("CRL_FORCE_PROGRESS") else False,
+        )
+        self._train_sums: dict[str, float] = {}
+        self._train_counts: dict[str, int] = {}
+        self._fps_time, self._fps_step = time.perf_counter(), start_step
+
+    def set_task(self, index: int, num_tasks: int, label: str, step: int) -> None:
+        self.writer.add_scalar("task/index", index, step)
+        if self.bar is not None:
+            self.bar.set_description(f"task {index + 1}/{num_tasks} {label}")
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def add_train_stats(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self._train_sums[k] = self._train_sums.get(k, 0.0) + v
+            self._train_counts[k] = self._train_counts.get(k, 0) + 1
+
+    def flush_train(self, step: int) -> float:
+        """Write the mean of train/* stats since the last call and time/fps; returns fps."""
+        for k, total in self._train_sums.items():
+            self.writer.add_scalar(f"train/{k}", total / self._train_counts[k], step)
+        self._train_sums.clear()
+        self._train_counts.clear()
+        now = time.perf_counter()
+        fps = (step - self._fps_step) / max(now - self._fps_time, 1e-9)
+        self.writer.add_scalar("time/fps", fps, step)
+        self._fps_time, self._fps_step = now, step
+        return fps
+
+    def log_evaluation(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Append one evaluation (one row per task) to evals.jsonl, flushed, and to TensorBoard."""
+        for row in rows:
+            self._evals.write(json.dumps(row) + "\n")
+            self.writer.add_scalar(f"eval/{row['task']}/success", row["success"], step)
+            self.writer.add_scalar(f"eval/{row['task']}/return", row["return"], step)
+            if row["score"] != row["success"]:
+                self.writer.add_scalar(f"eval/{row['task']}/score", row["score"], step)
+        self._evals.flush()
+        os.fsync(self._evals.fileno())
+        self.writer.add_scalar("eval/average_success", sum(r["success"] for r in rows) / len(rows), step)
+        self.writer.add_scalar("eval/average_score", sum(r["score"] for r in rows) / len(rows), step)
+        self.writer.flush()
+        if self.bar is not None:
+            self.bar.set_postfix(avg_score=f"{sum(r['score'] for r in rows) / len(rows):.2f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self._evals.close()
+        self.writer.close()

@@ -1,0 +1,137 @@
+"""A finished run's outputs: results.json (retention matrix + metrics) and retention.png.
+
+Forward transfer needs single-task reference runs (``crl train --reference``); they are picked up
+from run dirs next to the run (same parent folder) whose results.json says ``"kind": "reference"``
+and that trained the same agent with the same steps per task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crl import metrics
+from crl.config import RunConfig
+from crl.core import Sequence
+
+RESULTS_FILE = "results.json"
+PLOT_FILE = "retention.png"
+
+PROTOCOL_NOTES = {
+    "metaworld": "Meta-World v3 (metaworld 3.x; CW used v1), v3 rewards, 200-step episodes, "
+    "fresh random object/goal position at every reset (CW random_init_all), success = flag at any step",
+}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("crl", "torch", "gymnasium", "metaworld", "mujoco", "envpool", "dm-control"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _nan_to_none(a: np.ndarray) -> list:
+    return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in a]
+
+
+def find_references(run_dir: Path, agent: str, steps_per_task: int) -> tuple[dict[str, float], list[str]]:
+    """Mean reference AUC per task name over every matching reference run beside ``run_dir``."""
+    aucs: dict[str, list[float]] = {}
+    used = []
+    parent = Path(run_dir).resolve().parent
+    for candidate in sorted(parent.glob(f"*/{RESULTS_FILE}")):
+        try:
+            data = json.loads(candidate.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("kind") != "reference" or data.get("agent") != agent or data.get("steps_per_task") != steps_per_task:
+            continue
+        for name, curve in data.get("reference_curves", {}).items():
+            if curve:
+                aucs.setdefault(name, []).append(metrics.reference_auc(curve))
+        used.append(candidate.parent.name)
+    return {name: float(np.mean(v)) for name, v in aucs.items()}, used
+
+
+def summarize(rows: list[dict[str, Any]], sequence: Sequence, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    h = metrics.EvalHistory.from_rows(rows, len(sequence))
+    out: dict[str, Any] = {
+        "sequence": sequence.name, "agent": cfg.agent, "seed": cfg.seed, "tasks": sequence.labels,
+        "steps_per_task": cfg.train.steps_per_task,
+    }
+    if cfg.reference:
+        out["kind"] = "reference"
+        out["reference_curves"] = {
+            sequence.tasks[i].name: [r["score"] for r in sorted(rows, key=lambda r: r["eval_id"])
+                                     if r["task_index"] == i and r["active_task"] == i]
+            for i in range(len(sequence))
+        }
+        return out
+    out["kind"] = "continual"
+    out["retention_matrix"] = _nan_to_none(metrics.retention_matrix(h))
+    init = metrics.initial_performance(h)
+    out["initial_performance"] = None if init is None else [None if np.isnan(v) else float(v) for v in init]
+    refs, used = find_references(run_dir, cfg.agent, cfg.train.steps_per_task)
+    by_position = {t.index: refs[t.name] for t in sequence.tasks if t.name in refs}
+    out["metrics"] = metrics.compute_all(h, last_k=cfg.train.last_k, reference=by_position or None)
+    out["references_used"] = used
+    return out
+
+
+def plot_retention(path: Path, R: list, labels: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.array([[np.nan if v is None else v for v in row] for row in R], dtype=float)
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.55 * n))
+    im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), [f"after {lab}" for lab in labels], fontsize=8)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("trained through")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if data[i, j] < 0.6 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[str, Any]:
+    out = summarize(state.evals, sequence, cfg, run_dir)
+    out.update({
+        "finished": state.task >= len(sequence),
+        "env_steps": state.global_step,
+        "wall_time_s": round(state.wall_time, 2),
+        "env_steps_per_s": round(state.global_step / state.wall_time, 2) if state.wall_time else None,
+        "evaluations": state.eval_id,
+        "segments": state.segments,
+        "protocol": PROTOCOL_NOTES.get(sequence.tasks[0].domain, ""),
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+    })
+    path = Path(run_dir) / RESULTS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, path)
+    if "retention_matrix" in out:
+        plot_retention(Path(run_dir) / PLOT_FILE, out["retention_matrix"], sequence.labels,
+                       f"{sequence.name} · {cfg.agent} · seed {cfg.seed}")
+    return out

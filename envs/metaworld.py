@@ -1,0 +1,289 @@
+"""Meta-World v3 tasks for crl, with Continual World's conventions.
+
+Continual World (CW) runs Meta-World with 200-step episodes and a fresh random object/goal
+position at every reset; Meta-World 3.x defaults to 500 steps and, for the env classes, one
+frozen position. This module restores CW's conventions:
+
+- ``MetaWorldEnv``: one goal-observable Meta-World v3 task as a plain ``gymnasium.Env``
+  (float32 observations, ``info["success"]`` as bool, ``reset(seed=...)`` that really reseeds).
+- ``GymnasiumVecEnv`` / ``EnvPoolVecEnv``: crl ``VecEnv`` s with same-step autoreset, on
+  in-process Python envs or on EnvPool's C++ port (several times faster).
+- ``make_vec``, ``metaworld_task``, ``expert_policy``.
+
+``metaworld`` and ``envpool`` are imported lazily so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+
+from crl.core import Task, UsageError, VecStep
+
+CW10 = (
+    "hammer-v3",
+    "push-wall-v3",
+    "faucet-close-v3",
+    "push-back-v3",
+    "stick-pull-v3",
+    "handle-press-side-v3",
+    "push-v3",
+    "shelf-place-v3",
+    "window-close-v3",
+    "peg-unplug-side-v3",
+)
+EPISODE_LEN = 200
+OBS_DIM = 39
+ACT_DIM = 4
+BACKENDS = ("auto", "envpool", "gymnasium")
+
+# All Meta-World v3 task names, spelled out so that callers (gymnasium registration) need not
+# import metaworld; tests/test_envs.py checks the list against the installed metaworld.
+V3_TASK_NAMES = (
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
+    "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3",
+    "coffee-pull-v3", "coffee-push-v3", "dial-turn-v3", "disassemble-v3", "door-close-v3",
+    "door-lock-v3", "door-open-v3", "door-unlock-v3", "hand-insert-v3", "drawer-close-v3",
+    "drawer-open-v3", "faucet-open-v3", "faucet-close-v3", "hammer-v3", "handle-press-side-v3",
+    "handle-press-v3", "handle-pull-side-v3", "handle-pull-v3", "lever-pull-v3",
+    "pick-place-wall-v3", "pick-out-of-hole-v3", "pick-place-v3", "plate-slide-v3",
+    "plate-slide-side-v3", "plate-slide-back-v3", "plate-slide-back-side-v3", "peg-insert-side-v3",
+    "peg-unplug-side-v3", "soccer-v3", "stick-push-v3", "stick-pull-v3", "push-v3", "push-wall-v3",
+    "push-back-v3", "reach-v3", "reach-wall-v3", "shelf-place-v3", "sweep-into-v3", "sweep-v3",
+    "window-open-v3", "window-close-v3",
+)  # fmt: skip
+
+# Scripted-policy classes whose name does not follow the task name.
+_POLICY_CLASS_OVERRIDES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
+
+
+def check_task_name(task_name: str) -> None:
+    """Raise UsageError unless ``task_name`` is a Meta-World v3 task such as "push-v3"."""
+    if task_name not in V3_TASK_NAMES:
+        allowed = ", ".join(sorted(V3_TASK_NAMES))
+        raise UsageError(f"unknown Meta-World task '{task_name}'; allowed: {allowed}")
+
+
+def _camel_case(task_name: str) -> str:
+    """"peg-unplug-side-v3" -> "PegUnplugSide" (the version suffix dropped)."""
+    base = task_name.rsplit("-v", 1)[0]
+    return "".join(word.capitalize() for word in base.split("-"))
+
+
+def envpool_task_id(task_name: str) -> str:
+    """EnvPool's id for a Meta-World task: "peg-unplug-side-v3" -> "MetaWorld/PegUnplugSide-v3"."""
+    return f"MetaWorld/{_camel_case(task_name)}-v3"
+
+
+def _random_seed() -> int:
+    """A fresh seed from OS entropy, for envs built without one."""
+    return int(np.random.SeedSequence().generate_state(1)[0])
+
+
+class MetaWorldEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """One goal-observable Meta-World v3 task with Continual World's episode conventions.
+
+    Episodes last ``episode_len`` steps (``truncated`` at the last one, never ``terminated``);
+    every reset draws a fresh object/goal position from the env's own RNG, which
+    ``reset(seed=s)`` (or the constructor's ``seed``) reseeds. The raw Meta-World env is kept
+    inside rather than subclassed: its ``compute_reward`` makes env checkers treat it as a
+    goal-conditioned env and fail.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task_name: str, seed: int | None = None, episode_len: int = EPISODE_LEN) -> None:
+        check_task_name(task_name)
+        import metaworld
+
+        self.task_name = task_name
+        self.episode_len = episode_len
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
+        seed = _random_seed() if seed is None else seed
+        # Passing a seed makes the constructor restore the global np.random state it uses.
+        env_class = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task_name}-goal-observable"]
+        self._env = env_class(seed=seed)
+        self._env._freeze_rand_vec = False  # fresh position at every reset ...
+        self._env.seeded_rand_vec = True  # ... drawn from the env's RNG, not the global one
+        self._env.max_path_length = episode_len
+        self._reseed(seed)
+
+    def _reseed(self, seed: int) -> None:
+        # Meta-World ignores reset(seed=...); its own seed() replaces the RNG that draws
+        # positions. That RNG is also this env's np_random, so there is one RNG to reason about.
+        self._env.seed(seed)
+        self.np_random = self._env.np_random
+        self.action_space.seed(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None:
+            self._reseed(seed)
+        obs, info = self._env.reset()
+        return obs.astype(np.float32), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, _terminated, truncated, info = self._env.step(np.asarray(action, dtype=np.float32))
+        info["success"] = bool(info["success"])
+        return obs.astype(np.float32), float(reward), False, bool(truncated), info
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class GymnasiumVecEnv:
+    """``num_envs`` MetaWorldEnvs stepped in a loop in this process; env k is seeded ``seed + k``.
+
+    In-process rather than in subprocesses: on few CPU cores the IPC costs more than it saves.
+    """
+
+    backend = "gymnasium"
+
+    def __init__(self, task_name: str, num_envs: int, seed: int) -> None:
+        self.num_envs = num_envs
+        self.envs = [MetaWorldEnv(task_name, seed=seed + k) for k in range(num_envs)]
+
+    def reset(self) -> np.ndarray:
+        return np.stack([env.reset()[0] for env in self.envs])
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        final_obs = np.empty((self.num_envs, OBS_DIM), np.float32)
+        reward = np.empty(self.num_envs, np.float32)
+        terminated = np.empty(self.num_envs, bool)
+        truncated = np.empty(self.num_envs, bool)
+        success = np.empty(self.num_envs, bool)
+        for k, env in enumerate(self.envs):
+            final_obs[k], reward[k], terminated[k], truncated[k], info = env.step(actions[k])
+            success[k] = info["success"]
+        obs = final_obs.copy()
+        for k in np.flatnonzero(terminated | truncated):
+            obs[k] = self.envs[k].reset()[0]
+        return VecStep(obs, reward, terminated, truncated, success, final_obs)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class EnvPoolVecEnv:
+    """EnvPool's C++ Meta-World behind crl's VecEnv contract.
+
+    EnvPool resets an env on the ``step`` call *after* its episode ended (ignoring the action).
+    For same-step autoreset, the envs that just ended are stepped once more at once, alone
+    (EnvPool's sync mode accepts a subset of env ids), and their reset observations replace
+    the final ones in ``obs``.
+    """
+
+    backend = "envpool"
+
+    def __init__(self, task_name: str, num_envs: int, seed: int) -> None:
+        check_task_name(task_name)
+        import envpool
+
+        self.num_envs = num_envs
+        self._pool = envpool.make(
+            envpool_task_id(task_name),
+            env_type="gymnasium",
+            num_envs=num_envs,
+            seed=seed,
+            max_episode_steps=EPISODE_LEN,
+            partially_observable=False,  # EnvPool's default zeroes the goal: push tasks become unsolvable
+        )
+        self._all_ids = np.arange(num_envs)
+
+    def reset(self) -> np.ndarray:
+        obs, info = self._pool.reset()
+        return _in_env_order(obs, info["env_id"])
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        obs, reward, terminated, truncated, info = self._pool.step(np.asarray(actions, np.float32), self._all_ids)
+        env_ids = info["env_id"]
+        final_obs = _in_env_order(obs, env_ids)
+        terminated = _in_env_order(terminated, env_ids)
+        truncated = _in_env_order(truncated, env_ids)
+        next_obs = final_obs.copy()
+        done_ids = np.flatnonzero(terminated | truncated)
+        if len(done_ids):
+            reset_obs, _, _, _, reset_info = self._pool.step(np.zeros((len(done_ids), ACT_DIM), np.float32), done_ids)
+            if np.any(reset_info["elapsed_step"] != 0):
+                raise RuntimeError("EnvPool did not reset the envs whose episode ended")
+            next_obs[reset_info["env_id"]] = reset_obs
+        return VecStep(
+            obs=next_obs,
+            reward=_in_env_order(reward, env_ids),
+            terminated=terminated,
+            truncated=truncated,
+            success=_in_env_order(info["success"], env_ids) > 0,
+            final_obs=final_obs,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _in_env_order(values: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
+    """Rows of an EnvPool batch in env-id order, floats (float64 obs) as float32."""
+    out = np.empty_like(values, dtype=np.float32 if values.dtype.kind == "f" else values.dtype)
+    out[env_ids] = values
+    return out
+
+
+@functools.cache
+def envpool_available() -> bool:
+    try:
+        importlib.import_module("envpool")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" -> "envpool" when EnvPool imports, else "gymnasium"; named backends are checked."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'; allowed: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "envpool" if envpool_available() else "gymnasium"
+    return backend
+
+
+def make_vec(task_name: str, n: int, seed: int, backend: str = "auto") -> GymnasiumVecEnv | EnvPoolVecEnv:
+    """A VecEnv of ``n`` copies of a Meta-World task on ``backend`` ("auto", "envpool", "gymnasium")."""
+    check_task_name(task_name)
+    vec_class = {"envpool": EnvPoolVecEnv, "gymnasium": GymnasiumVecEnv}[resolve_backend(backend)]
+    return vec_class(task_name, n, seed)
+
+
+def metaworld_task(name: str, index: int, num_tasks: int) -> Task:
+    """The Task for Meta-World task ``name`` at position ``index`` of a ``num_tasks`` sequence."""
+    check_task_name(name)
+    return Task(
+        name=name,
+        index=index,
+        domain="metaworld",
+        obs_dim=OBS_DIM,
+        act_dim=ACT_DIM,
+        episode_len=EPISODE_LEN,
+        num_tasks=num_tasks,
+        # partials rather than lambdas so that tasks pickle (e.g. into Ray workers)
+        make_env=functools.partial(MetaWorldEnv, name),
+        make_vec=functools.partial(make_vec, name),
+        score="success",
+    )
+
+
+def expert_policy(task_name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Meta-World's scripted expert for a task: goal-observable obs (39,) -> action (4,)."""
+    check_task_name(task_name)
+    import metaworld.policies
+
+    class_name = _POLICY_CLASS_OVERRIDES.get(task_name, f"Sawyer{_camel_case(task_name)}V3Policy")
+    policy = getattr(metaworld.policies, class_name)()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.asarray(policy.get_action(np.asarray(obs, np.float64)), np.float32)
+
+    return act

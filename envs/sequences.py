@@ -1,0 +1,61 @@
+"""The registry of task sequences: name -> (description, builder).
+
+A new family (DMC, gridworld, ...) adds its sequences by decorating a builder function with
+``@sequence("name", "description")``; ``SEQUENCES`` and ``make_sequence`` pick it up.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from crl.core import Sequence, UsageError
+
+from .metaworld import CW10, metaworld_task
+
+CW_STEPS_PER_TASK = 1_000_000  # Continual World protocol
+
+SequenceBuilder = Callable[[], Sequence]
+
+SEQUENCES: dict[str, str] = {}  # name -> one-line description
+_BUILDERS: dict[str, SequenceBuilder] = {}
+
+
+def sequence(name: str, description: str) -> Callable[[SequenceBuilder], SequenceBuilder]:
+    """Decorator registering a builder of the sequence ``name``."""
+
+    def register(builder: SequenceBuilder) -> SequenceBuilder:
+        if name in _BUILDERS:
+            raise ValueError(f"sequence '{name}' is already registered")
+        SEQUENCES[name] = description
+        _BUILDERS[name] = builder
+        return builder
+
+    return register
+
+
+def make_sequence(name: str) -> Sequence:
+    """The sequence registered as ``name``; UsageError listing the allowed names otherwise."""
+    if name not in _BUILDERS:
+        raise UsageError(f"unknown sequence '{name}'; allowed: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[name]()
+
+
+def metaworld_sequence(name: str, task_names: tuple[str, ...], steps_per_task: int) -> Sequence:
+    """A sequence of Meta-World tasks; each position is its own Task (index = position)."""
+    tasks = tuple(metaworld_task(task, index, len(task_names)) for index, task in enumerate(task_names))
+    return Sequence(name=name, tasks=tasks, steps_per_task=steps_per_task, description=SEQUENCES[name])
+
+
+@sequence("cw10", "Continual World CW10: ten Meta-World v3 tasks, 1M steps each")
+def _cw10() -> Sequence:
+    return metaworld_sequence("cw10", CW10, CW_STEPS_PER_TASK)
+
+
+@sequence("cw20", "Continual World CW20: CW10 twice (positions 10-19 repeat 0-9), 1M steps each")
+def _cw20() -> Sequence:
+    return metaworld_sequence("cw20", CW10 + CW10, CW_STEPS_PER_TASK)
+
+
+@sequence("cw2", "first two CW10 tasks with a short budget, for smoke tests")
+def _cw2() -> Sequence:
+    return metaworld_sequence("cw2", CW10[:2], 2_000)

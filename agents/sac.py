@@ -139,9 +139,10 @@ class SAC(Agent):
 
     def observe(self, batch: Transitions) -> None:
         self.buffer.add(batch)
-        self.task_steps += len(batch)
-        if self.task_steps >= self.cfg.update_after:
-            self.pending_updates += len(batch) * self.cfg.replay_ratio
+        before, self.task_steps = self.task_steps, self.task_steps + len(batch)
+        counted = self.task_steps - max(before, self.cfg.update_after)  # transitions past update_after
+        if counted > 0:
+            self.pending_updates += counted * self.cfg.replay_ratio
 
     def update(self) -> dict[str, float]:
         if self.pending_updates < self.cfg.update_every * self.cfg.replay_ratio:

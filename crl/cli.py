@@ -28,10 +28,12 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
     p.add_argument("--backend", default="auto", help="auto | envpool | gymnasium (auto: EnvPool where it imports)")
     p.add_argument("--preset", help="smoke | quick | paper (configs/preset/); default: the sequence's own protocol")
+    p.add_argument("--config", type=Path, metavar="FILE", help="a YAML file of train:/agent: overrides")
     p.add_argument("--steps-per-task", type=int)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--eval-episodes", type=int)
     p.add_argument("--num-envs", type=int, help="parallel training envs")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
     p.add_argument("--run-dir", type=Path, help="default: runs/<seq>__<agent>__s<seed>__<time>/")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. --set agent.lr=1e-4 (repeatable)")
@@ -97,9 +99,10 @@ def cmd_train(args) -> None:
             raise UsageError(f"crl train needs {' and '.join(missing)} (or --resume RUN_DIR); see 'crl list'")
         cfg = build_config(
             args.seq, args.agent, seed=args.seed, device=args.device, backend=args.backend, preset=args.preset,
-            reference=args.reference, sets=args.set,
+            reference=args.reference, config_file=args.config, sets=args.set,
             train_flags={"steps_per_task": args.steps_per_task, "eval_every": args.eval_every,
-                         "eval_episodes": args.eval_episodes, "num_envs": args.num_envs},
+                         "eval_episodes": args.eval_episodes, "num_envs": args.num_envs,
+                         "torch_threads": args.threads},
         )
         run_dir, results = loop.train(cfg, args.run_dir, quiet=args.quiet)
     if not args.quiet:

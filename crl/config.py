@@ -1,7 +1,7 @@
 """Run configuration: YAML layers + CLI flags + ``--set`` overrides → a typed, validated RunConfig.
 
 Layers, later wins: ``configs/seq/<seq>.yaml`` → ``configs/agent/<agent>.yaml`` →
-``configs/preset/<preset>.yaml`` → CLI flags (``--steps-per-task`` …) → ``--set section.key=value``.
+``configs/preset/<preset>.yaml`` → ``--config FILE`` → CLI flags (``--steps-per-task`` …) → ``--set section.key=value``.
 A YAML file may hold ``train:`` (TrainConfig keys) and ``agent:`` (the agent's config keys); a
 preset holds agent keys per agent under ``agents: {<name>: {...}}`` since agents differ.
 Unknown keys and values of the wrong type are UsageErrors, never silently ignored.
@@ -34,6 +34,7 @@ class TrainConfig:
     checkpoint_every: int = 100_000  # env steps between checkpoints; always at the end of a task
     log_every: int = 1_000  # env steps between train/* and time/* scalars
     last_k: int = 5  # evaluations averaged by CW's metrics (CW: 5 = the last 100k steps)
+    torch_threads: int = 1  # intra-op threads; 1 avoids oversubscription (SB3 #90), scale out by processes
 
 
 @dataclass
@@ -161,8 +162,8 @@ def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
 
 def build_config(
     seq: str, agent: str, *, seed: int = 0, device: str = "auto", backend: str = "auto",
-    preset: str | None = None, reference: bool = False, train_flags: dict[str, Any] | None = None,
-    sets: list[str] | None = None,
+    preset: str | None = None, reference: bool = False, config_file: Path | None = None,
+    train_flags: dict[str, Any] | None = None, sets: list[str] | None = None,
 ) -> RunConfig:
     from crl.agents import agent_class
     from crl.envs import make_sequence
@@ -179,6 +180,8 @@ def build_config(
         path = config_dir() / kind / f"{name}.yaml"
         if name is not None and path.exists():
             layers.append((path, read_yaml(path)))
+    if config_file is not None:
+        layers.append((Path(config_file), read_yaml(Path(config_file))))
     for path, data in layers:
         unknown = set(data) - {"train", "agent", "agents", "description"}
         if unknown:
@@ -196,7 +199,8 @@ def build_config(
 
 def validate(cfg: RunConfig) -> None:
     t = cfg.train
-    for name in ("steps_per_task", "eval_every", "eval_episodes", "num_envs", "checkpoint_every", "log_every", "last_k"):
+    for name in ("steps_per_task", "eval_every", "eval_episodes", "num_envs", "checkpoint_every", "log_every", "last_k",
+                 "torch_threads"):
         if getattr(t, name) <= 0:
             raise UsageError(f"train.{name} must be positive, got {getattr(t, name)}")
     if cfg.backend not in ("auto", "envpool", "gymnasium"):

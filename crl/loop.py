@@ -83,6 +83,7 @@ class ContinualLoop:
 
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         self.device = resolve_device(cfg.device)
+        torch.set_num_threads(cfg.train.torch_threads)
         self.sequence = make_sequence(cfg.seq)
         self.state = LoopState()
         seed_everything(cfg.seed)

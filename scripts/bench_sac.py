@@ -1,0 +1,180 @@
+"""Benchmark crl's SAC against Stable-Baselines3's SAC on one Meta-World task (CPU, env-steps/s).
+
+Both agents are measured in the same run, on the same machine, under the same conditions:
+
+- Same task (``--task``, default push-v3) and the same env: crl's ``MetaWorldEnv`` (Meta-World v3,
+  goal-observable, 200-step episodes, fresh position at every reset), one env. crl steps it through
+  ``make_vec(task, 1, seed, backend)``; with ``--backend gymnasium`` (default) that is the very same
+  Python ``MetaWorldEnv`` SB3 steps (through its DummyVecEnv), so env cost is identical.
+  ``--backend envpool`` gives crl EnvPool's C++ port instead (then the env costs differ).
+- Same network sizes: 4×256 actor and twin 4×256 critics (SB3 ``policy_kwargs=dict(net_arch=[256]*4)``),
+  batch size 128, learning rate 1e-3, γ 0.99, τ 0.005 (crl polyak 0.995), replay buffer 1e6.
+- One gradient step per env step: SB3 ``train_freq=1, gradient_steps=1``; crl at replay ratio 1,
+  once with its Continual World schedule (``update_every=50``: 50 updates every 50 steps) and once
+  with ``update_every=1``.
+- Same warm-up: ``--learning-starts`` uniform-random steps (SB3 ``learning_starts``; crl
+  ``start_steps = update_after``), then a margin of steps with updates (``--warmup-updates``), then
+  the timed phase of ``--steps`` env steps, every one of which does a gradient step (the count of
+  gradient steps done in the window is checked and printed). Nothing is subtracted: both sides time
+  act + env step + store + update.
+- Same torch thread count (``--threads``, default 1; ``torch.set_num_threads`` before anything).
+- Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
+  ``agent._gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
+
+Architectures are NOT identical, only their sizes: SB3's MLPs are plain Linear+ReLU with one output
+head; crl's are Continual World's (Linear→LayerNorm→tanh first layer, LeakyReLU(0.2) after the
+others, one output head and one α per task; ``--heads`` of them, default 10 as in CW10, the task
+being at position 0). crl updates actor, critics and α with one fused Adam; SB3 uses three Adams.
+
+    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 thread
+    python scripts/bench_sac.py --threads 2
+    python scripts/bench_sac.py --task reach-v3 --steps 1000 --backend envpool
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+START = time.perf_counter()
+
+import numpy as np
+import torch
+
+from crl.core import Transitions
+from crl.loop import seed_everything
+from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task, resolve_backend
+
+
+def bench_crl(args, update_every: int) -> dict:
+    """crl's SAC driven by the inner loop of crl/loop.py (act → VecEnv.step → observe → update)."""
+    from crl.agents.sac import SAC, SACConfig
+
+    seed_everything(args.seed)
+    device = torch.device("cpu")
+    cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
+                    update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0)
+    task = metaworld_task(args.task, 0, args.heads)
+    agent = SAC(task.obs_dim, task.act_dim, args.heads, cfg, device)
+    agent.begin_task(task)
+    env = make_vec(args.task, 1, args.seed, args.backend)
+    obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=device)
+    first = torch.ones(env.num_envs, dtype=torch.bool, device=device)
+    task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=device)
+
+    def step() -> None:
+        nonlocal obs, first
+        action = agent.act(obs, task.index, explore=True, first=first)
+        out = env.step(action.cpu().numpy())
+        agent.observe(Transitions(
+            obs=obs, action=action, reward=torch.as_tensor(out.reward, device=device),
+            next_obs=torch.as_tensor(out.final_obs, dtype=torch.float32, device=device),
+            terminated=torch.as_tensor(out.terminated, dtype=torch.float32, device=device),
+            truncated=torch.as_tensor(out.truncated, dtype=torch.float32, device=device),
+            task_index=task_idx,
+        ))
+        agent.update()
+        obs = torch.as_tensor(out.obs, dtype=torch.float32, device=device)
+        first = torch.as_tensor(out.terminated | out.truncated, device=device)
+
+    # Warm-up: random steps, then at least ``warmup_updates`` gradient steps, ending right after an
+    # update round so that the timed window of a multiple of update_every steps holds exactly as
+    # many gradient steps as env steps.
+    while agent.gradient_steps < args.warmup_updates or agent.pending_updates >= 1:
+        step()
+    n_steps = -(-args.steps // update_every) * update_every
+    g0, t0 = agent.gradient_steps, time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    elapsed = time.perf_counter() - t0
+    updates = agent.gradient_steps - g0
+    env.close()
+
+    # Pure update rate on the filled buffer, env excluded.
+    for _ in range(10):
+        agent._gradient_step()
+    t0 = time.perf_counter()
+    for _ in range(args.update_calls):
+        agent._gradient_step()
+    upd_rate = args.update_calls / (time.perf_counter() - t0)
+    return {"name": f"crl SAC (update_every={update_every})", "steps": n_steps, "updates": updates,
+            "sps": n_steps / elapsed, "ups": upd_rate}
+
+
+def bench_sb3(args) -> dict:
+    from stable_baselines3 import SAC
+
+    seed_everything(args.seed)
+    env = MetaWorldEnv(args.task, seed=args.seed)
+    model = SAC("MlpPolicy", env, learning_rate=args.lr, buffer_size=1_000_000,
+                learning_starts=args.learning_starts, batch_size=args.batch_size, tau=0.005, gamma=0.99,
+                train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=[256] * 4),
+                seed=args.seed, device="cpu", verbose=0)
+    # Warm-up: learning_starts random steps, then warmup_updates steps with updates. SB3 trains
+    # once num_timesteps > learning_starts, so every step of the timed segment below trains.
+    model.learn(total_timesteps=args.learning_starts + args.warmup_updates)
+    n0, t0 = model._n_updates, time.perf_counter()
+    model.learn(total_timesteps=args.steps, reset_num_timesteps=False)
+    elapsed = time.perf_counter() - t0
+    updates = model._n_updates - n0
+
+    model.train(gradient_steps=10, batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    model.train(gradient_steps=args.update_calls, batch_size=args.batch_size)
+    upd_rate = args.update_calls / (time.perf_counter() - t0)
+    env.close()
+    return {"name": "SB3 SAC", "steps": args.steps, "updates": updates, "sps": args.steps / elapsed, "ups": upd_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="push-v3", help="Meta-World v3 task (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="timed env steps per agent, each with one update (default: %(default)s; crl's "
+                             "update_every=50 run rounds it up to a multiple of 50)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (default: %(default)s)")
+    parser.add_argument("--backend", default="gymnasium", choices=["gymnasium", "envpool", "auto"],
+                        help="crl's VecEnv backend; gymnasium = the same Python env SB3 steps (default: %(default)s)")
+    parser.add_argument("--learning-starts", type=int, default=1000,
+                        help="random-action steps before updates start, both agents (default: %(default)s)")
+    parser.add_argument("--warmup-updates", type=int, default=100,
+                        help="untimed steps with updates before the timed window (default: %(default)s)")
+    parser.add_argument("--update-calls", type=int, default=200,
+                        help="gradient steps timed for the pure update rate (default: %(default)s)")
+    parser.add_argument("--heads", type=int, default=10, help="crl output heads / α's (CW10: 10) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-sb3", action="store_true", help="measure crl only (no ratio)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    backend = resolve_backend(args.backend)
+    print(f"task {args.task}, 1 env, crl backend {backend}, torch {torch.__version__}, "
+          f"torch threads {torch.get_num_threads()} (both), batch {args.batch_size}, 4x256 actor + twin critics")
+    print(f"warm-up {args.learning_starts} random steps + >= {args.warmup_updates} steps with updates; "
+          f"timed {args.steps} env steps at 1 gradient step per env step; pure update rate over "
+          f"{args.update_calls} gradient steps")
+    print(f"architecture: crl = Continual World MLP (Linear-LayerNorm-tanh, then LeakyReLU), {args.heads} heads, "
+          f"one fused Adam; SB3 = Linear+ReLU MLP, single head, 3 Adams")
+    print()
+
+    results = [bench_crl(args, 50), bench_crl(args, 1)]
+    if not args.skip_sb3:
+        results.append(bench_sb3(args))
+
+    print(f"{'name':32s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
+    for r in results:
+        print(f"{r['name']:32s} {r['sps']:12.1f} {r['ups']:10.1f} {r['steps']:12d} {r['updates']:21d}")
+    if not args.skip_sb3:
+        sb3 = results[-1]["sps"]
+        for r in results[:-1]:
+            print(f"ratio {r['name']} / SB3 (env-steps/s): {r['sps'] / sb3:.2f}")
+        best = max(r["sps"] for r in results[:-1])
+        print(f"ratio crl/sb3 (env-steps/s): {results[0]['sps'] / sb3:.2f}   "
+              f"(crl with its default update_every=50; best crl schedule: {best / sb3:.2f})")
+    print(f"(benchmark wall time {time.perf_counter() - START:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

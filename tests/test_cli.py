@@ -1,0 +1,100 @@
+"""Bad input stops with one line naming the problem and what is allowed, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from crl.cli import main
+from crl.config import build_config
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(capsys, argv: list[str], *fragments: str) -> str:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("crl: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+TRAIN = ["train", "--seq", "cw2", "--agent", "sac", "--preset", "smoke", "--quiet"]
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["train", "--seq", "cw99", "--agent", "sac"], ["unknown sequence 'cw99'", "cw10", "cw20"]),
+    (["train", "--seq", "cw10", "--agent", "dqn"], ["unknown agent 'dqn'", "sac"]),
+    (["train", "--seq", "cw10", "--agent", "sac", "--preset", "huge"], ["unknown preset 'huge'", "smoke", "paper"]),
+    ([*TRAIN, "--set", "agent.lrr=1e-4"], ["unknown config key 'agent.lrr'", "lr"]),
+    ([*TRAIN, "--set", "train.evalevery=5"], ["unknown config key 'train.evalevery'", "eval_every"]),
+    ([*TRAIN, "--set", "optim.lr=1"], ["unknown section 'optim'", "train, agent"]),
+    ([*TRAIN, "--set", "agent.lr=fast"], ["agent.lr", "expected a number", "fast"]),
+    ([*TRAIN, "--set", "train.eval_every=1.5"], ["train.eval_every", "expected an integer"]),
+    ([*TRAIN, "--set", "agent.multihead=maybe"], ["agent.multihead", "true or false"]),
+    ([*TRAIN, "--set", "nonsense"], ["section.key=value"]),
+    ([*TRAIN, "--backend", "ray"], ["unknown backend 'ray'", "envpool", "gymnasium"]),
+    ([*TRAIN, "--device", "tpu"], ["unknown device 'tpu'", "cpu", "cuda"]),
+    ([*TRAIN, "--steps-per-task", "0"], ["train.steps_per_task must be positive"]),
+    (["train", "--seq", "cw10"], ["--agent"]),
+    (["train", "--seq", "cw10", "--agent", "sac", "--seed", "x"], ["--seed", "invalid int value"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragments):
+    assert_usage_error(capsys, argv, *fragments)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
+def test_cuda_without_cuda(capsys, tmp_path):
+    assert_usage_error(capsys, [*TRAIN, "--device", "cuda", "--run-dir", str(tmp_path / "r")], "CUDA is not available", "cpu")
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_config_file_missing_and_invalid(capsys, tmp_path):
+    assert_usage_error(capsys, [*TRAIN, "--config", str(tmp_path / "nope.yaml")], "cannot read config file", "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert_usage_error(capsys, [*TRAIN, "--config", str(bad)], "not valid YAML")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    assert_usage_error(capsys, [*TRAIN, "--config", str(scalar)], "mapping")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  eval_episodes: many\n")
+    assert_usage_error(capsys, [*TRAIN, "--config", str(wrong)], "train.eval_episodes", "expected an integer")
+
+
+def test_not_a_run_dir(capsys, tmp_path):
+    for argv in (["train", "--resume", str(tmp_path)], ["eval", str(tmp_path)], ["report", str(tmp_path / "missing")]):
+        assert_usage_error(capsys, argv, "not a crl run dir")
+
+
+def test_layering_and_types():
+    cfg = build_config("cw2", "sac", preset="smoke", sets=["agent.lr=3e-4", "train.eval_every=1e2",
+                                                           "agent.hidden_sizes=[32,32]"],
+                       train_flags={"eval_episodes": 3})
+    assert cfg.agent_config.lr == pytest.approx(3e-4)  # "3e-4" is a string in YAML; coerced
+    assert cfg.train.eval_every == 100
+    assert cfg.train.eval_episodes == 3  # CLI flag beats the preset
+    assert cfg.agent_config.hidden_sizes == (32, 32)
+    assert cfg.agent_config.start_steps == 200  # from the smoke preset's per-agent section
+    paper = build_config("cw10", "sac")
+    assert (paper.train.steps_per_task, paper.train.eval_every, paper.train.eval_episodes) == (1_000_000, 20_000, 10)
+    assert paper.agent_config.start_steps == 10_000
+
+
+def test_no_traceback_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "crl.cli", "train", "--seq", "nope", "--agent", "sac"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "crl: error: unknown sequence 'nope'; allowed: cw10, cw2, cw20"

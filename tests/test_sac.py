@@ -1,0 +1,126 @@
+"""SAC with Continual World's architecture and task-switch protocol."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from crl.agents.sac import SAC, SACConfig
+from crl.core import Transitions
+from crl.envs import make_sequence
+
+OBS, ACT, TASKS = 39, 4, 3
+
+
+def make_agent(**overrides) -> SAC:
+    torch.manual_seed(0)
+    cfg = SACConfig(**{"hidden_sizes": (32, 32, 32, 32), "batch_size": 16, "start_steps": 20, "update_after": 10,
+                       "update_every": 5, **overrides})
+    return SAC(OBS, ACT, TASKS, cfg, torch.device("cpu"))
+
+
+def batch(n: int, task: int) -> Transitions:
+    return Transitions(obs=torch.randn(n, OBS), action=torch.rand(n, ACT) * 2 - 1, reward=torch.randn(n),
+                       next_obs=torch.randn(n, OBS), terminated=torch.zeros(n), truncated=torch.zeros(n),
+                       task_index=torch.full((n,), task))
+
+
+def test_continual_world_architecture():
+    agent = SAC(OBS, ACT, 10, SACConfig(), torch.device("cpu"))
+    body = list(agent.actor.body)
+    assert [type(m) for m in body[:3]] == [nn.Linear, nn.LayerNorm, nn.Tanh]
+    assert [type(m) for m in body[3:]] == [nn.Linear, nn.LeakyReLU] * 3
+    assert all(m.out_features == 256 for m in body if isinstance(m, nn.Linear))
+    assert body[0].in_features == OBS  # hide_task_id: the body never sees the one-hot
+    assert agent.actor.mu.linear.out_features == ACT * 10  # one head per position
+    assert agent.critics[0].head.linear.out_features == 10
+    assert len(agent.critics) == 2 and agent.log_alpha.shape == (10,)
+    assert torch.allclose(agent.log_alpha, torch.ones(10))
+    assert agent.target_entropy == pytest.approx(-4.0007, abs=1e-4)
+    assert len(agent.optimizer.param_groups) == 1  # one Adam for actor, critics and α
+
+
+def test_heads_select_by_task():
+    agent = make_agent(start_steps=0)
+    obs = torch.randn(5, OBS)
+    a0 = agent.act(obs, 0, explore=False, deterministic=True)
+    a1 = agent.act(obs, 1, explore=False, deterministic=True)
+    assert a0.shape == (5, ACT) and not torch.allclose(a0, a1)
+    assert torch.all(a0.abs() <= 1)
+
+
+def test_warmup_random_then_policy_and_update_schedule():
+    agent = make_agent()
+    task = make_sequence("cw2").tasks[0]
+    agent.begin_task(task)
+    obs = torch.zeros(4, OBS)
+    random_actions = agent.act(obs, 0, explore=True)
+    assert not torch.allclose(random_actions[0], random_actions[1])  # uniform warm-up, not the policy mean
+    agent.observe(batch(8, 0))
+    assert agent.update() == {}  # before update_after
+    agent.observe(batch(4, 0))  # 12 transitions: 2 past update_after, fewer than update_every
+    assert agent.update() == {}
+    agent.observe(batch(3, 0))  # 5 owed gradient steps
+    stats = agent.update()
+    assert agent.gradient_steps == 5 and set(stats) >= {"critic_loss", "actor_loss", "alpha", "entropy"}
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_gradient_step_moves_each_loss_only_its_own_parameters():
+    agent = make_agent()
+    agent.observe(batch(64, 1))
+    target_before = [p.clone() for p in agent.targets.parameters()]
+    other_alpha = agent.log_alpha[0].item()
+    agent._gradient_step()
+    # α of a task with no samples in the batch stays; targets move by Polyak averaging only
+    assert agent.log_alpha[0].item() == other_alpha and agent.log_alpha[1].item() != other_alpha
+    moved = [not torch.equal(a, b) for a, b in zip(target_before, agent.targets.parameters())]
+    assert any(moved)
+
+
+def test_task_switch_resets_buffer_and_adam_moments_but_not_step():
+    agent = make_agent()
+    tasks = make_sequence("cw2").tasks
+    agent.begin_task(tasks[0])
+    agent.observe(batch(40, 0))
+    agent.update()
+    steps_before = {id(p): s["step"].clone() for p, s in agent.optimizer.state.items()}
+    assert agent.buffer.size == 40
+    agent.begin_task(tasks[1])
+    assert agent.buffer.size == 0 and agent.task_steps == 0
+    for p, s in agent.optimizer.state.items():
+        assert torch.count_nonzero(s["exp_avg"]) == 0 and torch.count_nonzero(s["exp_avg_sq"]) == 0
+        assert torch.equal(s["step"], steps_before[id(p)])  # CW keeps Adam's iteration counter
+
+
+def test_state_dict_round_trip():
+    agent = make_agent()
+    agent.observe(batch(40, 2))
+    agent.update()
+    clone = make_agent(log_alpha_init=0.0)
+    clone.load_state_dict(agent.state_dict())
+    obs = torch.randn(3, OBS)
+    for t in range(TASKS):
+        assert torch.equal(agent.act(obs, t, explore=False, deterministic=True),
+                           clone.act(obs, t, explore=False, deterministic=True))
+    assert clone.buffer.size == 40 and torch.equal(clone.buffer.data["obs"][:40], agent.buffer.data["obs"][:40])
+    assert clone.gradient_steps == agent.gradient_steps and torch.equal(clone.log_alpha, agent.log_alpha)
+
+
+def test_critic_learns_a_constant_reward():
+    """With terminal transitions of reward 1, both Q heads converge towards 1."""
+    agent = make_agent(lr=3e-3)
+    n = 128
+    agent.observe(Transitions(obs=torch.randn(n, OBS), action=torch.rand(n, ACT) * 2 - 1, reward=torch.ones(n),
+                              next_obs=torch.randn(n, OBS), terminated=torch.ones(n), truncated=torch.zeros(n),
+                              task_index=torch.zeros(n, dtype=torch.long)))
+    for _ in range(300):
+        agent._gradient_step()
+    obs, act = torch.randn(32, OBS), torch.rand(32, ACT) * 2 - 1
+    heads = torch.zeros(32, dtype=torch.long)
+    with torch.no_grad():
+        q = agent.critics[0](obs, act, heads)
+    assert (q - 1).abs().mean() < 0.15

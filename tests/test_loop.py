@@ -132,3 +132,26 @@ def test_sigkill_mid_task_then_resume_loses_nothing(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["finished"] and results["segments"] == 2
     assert np.array(results["retention_matrix"], dtype=float).shape == (2, 2)
+
+
+def test_reference_runs_feed_forward_transfer(finished_run, capsys):
+    run_dir, results = finished_run
+    assert "forward_transfer" not in results["metrics"]  # no references yet
+    ref_dir = run_dir.parent / "cw2_reference"
+    cfg = build_config("cw2", "sac", preset="smoke", backend="gymnasium", reference=True)
+    _, ref = train(cfg, ref_dir, quiet=True)
+    assert ref["kind"] == "reference" and set(ref["reference_curves"]) == {"hammer-v3", "push-wall-v3"}
+    rows = read_evals(ref_dir)
+    assert all(r["task_index"] == r["active_task"] for r in rows)  # only the task being trained is evaluated
+    assert [len(c) for c in ref["reference_curves"].values()] == [2, 2]
+    assert main(["report", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # smoke runs learn nothing, so both AUCs are 0 and FT_i = (0 - 0) / (1 - 0) = 0
+    assert report["runs"][0]["forward_transfer"] == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA path: runs where a GPU is present")
+def test_smoke_run_on_cuda(tmp_path):
+    cfg = build_config("cw2", "sac", preset="smoke", backend="gymnasium", device="cuda")
+    _, results = train(cfg, tmp_path / "cuda", quiet=True)
+    assert results["finished"] and np.array(results["retention_matrix"], dtype=float).shape == (2, 2)

@@ -145,10 +145,13 @@ class Agent(abc.ABC):
 
     @abc.abstractmethod
     def act(
-        self, obs: torch.Tensor, task_index: int, *, explore: bool, deterministic: bool = False,
+        self, obs: torch.Tensor, task_index: int | torch.Tensor, *, explore: bool, deterministic: bool = False,
         first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batched actions (n, act_dim) for observations (n, obs_dim) of task ``task_index``.
+
+        ``task_index`` is one position for the whole batch or an (n,) long tensor, one per row
+        (batched evaluation steps every task of the sequence at once).
 
         ``explore=True`` is training behaviour (warm-up random actions, exploration noise);
         ``explore=False`` is evaluation: a sample from the policy, or its mode if ``deterministic``.

@@ -29,37 +29,55 @@ class Evaluator:
             self._envs[task.index] = task.make_vec(self.episodes, 10**6 + self.seed * 1000 + task.index, self.backend)
         return self._envs[task.index]
 
-    def evaluate_task(self, agent: Agent, task: Task) -> dict[str, float]:
-        env = self._env(task)
-        n = env.num_envs
-        obs = env.reset()
-        done = np.zeros(n, dtype=bool)
-        success = np.zeros(n, dtype=bool)
-        returns = np.zeros(n, dtype=np.float64)
-        lengths = np.zeros(n, dtype=np.int64)
-        first = torch.ones(n, dtype=torch.bool, device=self.device)
-        for _ in range(task.episode_len):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            action = agent.act(obs_t, task.index, explore=False, deterministic=self.deterministic, first=first)
-            step = env.step(action.cpu().numpy())
-            live = ~done
-            returns[live] += step.reward[live]
-            lengths[live] += 1
-            success[live] |= step.success[live]
-            done |= step.terminated | step.truncated
-            first = torch.as_tensor(step.terminated | step.truncated, device=self.device)
-            obs = step.obs
+    def evaluate(self, agent: Agent, tasks: list[Task] | None = None) -> list[dict[str, float]]:
+        """One result dict per task (all tasks of the sequence unless ``tasks`` is given).
+
+        All tasks step in lockstep and share one batched ``agent.act`` per step (each row carries
+        its task index), so an evaluation of N tasks costs episode_len forward passes, not N times that.
+        """
+        tasks = list(tasks or self.sequence.tasks)
+        envs = [self._env(t) for t in tasks]
+        sizes = [env.num_envs for env in envs]
+        bounds = np.cumsum([0, *sizes])
+        total = int(bounds[-1])
+        obs = np.concatenate([env.reset() for env in envs]).astype(np.float32, copy=False)
+        task_index = torch.as_tensor(np.repeat([t.index for t in tasks], sizes), device=self.device)
+        horizon = np.repeat([t.episode_len for t in tasks], sizes)
+        done = np.zeros(total, dtype=bool)
+        success = np.zeros(total, dtype=bool)
+        returns = np.zeros(total, dtype=np.float64)
+        lengths = np.zeros(total, dtype=np.int64)
+        first = torch.ones(total, dtype=torch.bool, device=self.device)
+        for _ in range(int(horizon.max())):
+            obs_t = torch.as_tensor(obs, device=self.device)
+            actions = agent.act(obs_t, task_index, explore=False, deterministic=self.deterministic, first=first)
+            actions = actions.cpu().numpy()
+            ended = np.zeros(total, dtype=bool)
+            for k, env in enumerate(envs):
+                lo, hi = bounds[k], bounds[k + 1]
+                if done[lo:hi].all():
+                    continue
+                step = env.step(actions[lo:hi])
+                live = ~done[lo:hi]
+                returns[lo:hi][live] += step.reward[live]
+                lengths[lo:hi][live] += 1
+                success[lo:hi][live] |= step.success[live]
+                ended[lo:hi] = step.terminated | step.truncated
+                obs[lo:hi] = step.obs
+            done |= ended
+            first = torch.as_tensor(ended, device=self.device)
             if done.all():
                 break
-        scores = success.astype(np.float64) if task.score == "success" else returns / task.return_scale
-        return {
-            "score": float(scores.mean()), "success": float(success.mean()), "return": float(returns.mean()),
-            "episode_length": float(lengths.mean()), "episodes": int(n),
-        }
-
-    def evaluate(self, agent: Agent, tasks: list[Task] | None = None) -> list[dict[str, float]]:
-        """One result dict per task (all tasks of the sequence unless ``tasks`` is given)."""
-        return [{"task_index": t.index, **self.evaluate_task(agent, t)} for t in (tasks or self.sequence.tasks)]
+        results = []
+        for k, task in enumerate(tasks):
+            sl = slice(bounds[k], bounds[k + 1])
+            scores = success[sl].astype(np.float64) if task.score == "success" else returns[sl] / task.return_scale
+            results.append({
+                "task_index": task.index, "score": float(scores.mean()), "success": float(success[sl].mean()),
+                "return": float(returns[sl].mean()), "episode_length": float(lengths[sl].mean()),
+                "episodes": sizes[k],
+            })
+        return results
 
     def close(self) -> None:
         for env in self._envs.values():

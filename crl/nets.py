@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,9 +36,13 @@ class MultiHead(nn.Module):
         self.out_dim, self.num_heads = out_dim, num_heads
         self.linear = nn.Linear(in_dim, out_dim * num_heads)
 
-    def forward(self, features: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        out = self.linear(features)
+    def forward(self, features: torch.Tensor, head: int | torch.Tensor) -> torch.Tensor:
+        """``head`` is one head for the whole batch (an int: only its slice of the weights is used)
+        or one per row (an (n,) long tensor)."""
         if self.num_heads == 1:
-            return out
-        out = out.view(features.shape[0], self.num_heads, self.out_dim)
+            return self.linear(features)
+        if isinstance(head, int):
+            rows = slice(head * self.out_dim, (head + 1) * self.out_dim)
+            return F.linear(features, self.linear.weight[rows], self.linear.bias[rows])
+        out = self.linear(features).view(features.shape[0], self.num_heads, self.out_dim)
         return out[torch.arange(features.shape[0], device=features.device), head]

@@ -10,6 +10,7 @@ from torch import nn
 
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
+from crl.nets import MultiHead
 from crl.envs import make_sequence
 
 OBS, ACT, TASKS = 39, 4, 3
@@ -70,7 +71,7 @@ def test_warmup_random_then_policy_and_update_schedule():
 
 
 def test_gradient_step_moves_each_loss_only_its_own_parameters():
-    agent = make_agent()
+    agent = make_agent(reset_buffer_on_task=False)  # a buffer that may mix tasks: heads chosen per row
     agent.observe(batch(64, 1))
     target_before = [p.clone() for p in agent.targets.parameters()]
     other_alpha = agent.log_alpha[0].item()
@@ -79,6 +80,14 @@ def test_gradient_step_moves_each_loss_only_its_own_parameters():
     assert agent.log_alpha[0].item() == other_alpha and agent.log_alpha[1].item() != other_alpha
     moved = [not torch.equal(a, b) for a, b in zip(target_before, agent.targets.parameters())]
     assert any(moved)
+
+
+def test_one_head_slice_equals_per_row_gather():
+    head = MultiHead(8, 3, 5)
+    x = torch.randn(6, 8)
+    assert torch.allclose(head(x, 2), head(x, torch.full((6,), 2)), atol=1e-6)
+    mixed = torch.tensor([0, 4, 1, 1, 3, 2])
+    assert torch.allclose(head(x, mixed)[1], head(x[1:2], 4)[0], atol=1e-6)
 
 
 def test_task_switch_resets_buffer_and_adam_moments_but_not_step():

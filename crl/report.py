@@ -18,7 +18,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """Recompute a run's summary from its config.yaml and evals.jsonl (works for unfinished runs)."""
     from crl.envs import make_sequence
     from crl.loop import load_run_config, read_evals
-    from crl.results import plot_retention, summarize
+    from crl.results import CURVES_FILE, write_plots, summarize
 
     cfg = load_run_config(run_dir)
     rows = read_evals(run_dir)
@@ -26,9 +26,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{run_dir} has no evaluations yet (evals.jsonl is empty)")
     sequence = make_sequence(cfg.seq)
     summary = summarize(rows, sequence, cfg, run_dir)
-    if "retention_matrix" in summary and not (Path(run_dir) / "retention.png").exists():
-        plot_retention(Path(run_dir) / "retention.png", summary["retention_matrix"], sequence.labels,
-                       f"{sequence.name} · {cfg.agent} · seed {cfg.seed}")
+    if not (Path(run_dir) / CURVES_FILE).exists():  # unfinished runs get their plots here
+        write_plots(run_dir, summary, rows, sequence, cfg)
     return summary
 
 

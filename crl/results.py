@@ -22,6 +22,7 @@ from crl.core import Sequence
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "retention.png"
+CURVES_FILE = "curves.png"
 
 PROTOCOL_NOTES = {
     "metaworld": "Meta-World v3 (metaworld 3.x; CW used v1), v3 rewards, 200-step episodes, "
@@ -114,6 +115,42 @@ def plot_retention(path: Path, R: list, labels: list[str], title: str) -> None:
     plt.close(fig)
 
 
+def plot_curves(path: Path, rows: list[dict[str, Any]], labels: list[str], steps_per_task: int, title: str) -> None:
+    """Every task's score over the whole run (one line per task), task windows shaded: what was
+    learned when, and what was lost afterwards."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i in range(0, n, 2):
+        ax.axvspan(i * steps_per_task, (i + 1) * steps_per_task, color="0.93", lw=0)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    for i, label in enumerate(labels):
+        series = sorted((r["step"], r["score"]) for r in rows if r["task_index"] == i)
+        if series:
+            xs, ys = zip(*series)
+            ax.plot(xs, ys, label=label, color=cmap(i % cmap.N), lw=1.4)
+    ax.set_xlabel("env step")
+    ax.set_ylabel("score")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2 if n > 10 else 1, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_plots(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]], sequence: Sequence,
+                cfg: RunConfig) -> None:
+    title = f"{sequence.name} · {cfg.agent} · seed {cfg.seed}"
+    if "retention_matrix" in summary:
+        plot_retention(Path(run_dir) / PLOT_FILE, summary["retention_matrix"], sequence.labels, title)
+    plot_curves(Path(run_dir) / CURVES_FILE, rows, sequence.labels, cfg.train.steps_per_task, title)
+
+
 def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[str, Any]:
     out = summarize(state.evals, sequence, cfg, run_dir)
     out.update({
@@ -131,7 +168,5 @@ def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[s
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=2))
     os.replace(tmp, path)
-    if "retention_matrix" in out:
-        plot_retention(Path(run_dir) / PLOT_FILE, out["retention_matrix"], sequence.labels,
-                       f"{sequence.name} · {cfg.agent} · seed {cfg.seed}")
+    write_plots(run_dir, out, state.evals, sequence, cfg)
     return out

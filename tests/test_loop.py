@@ -41,7 +41,7 @@ def scalar_tags(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_outputs_of_a_finished_run(finished_run):
     run_dir, results = finished_run
-    for name in ("config.yaml", "evals.jsonl", "results.json", "retention.png", "checkpoint.pt"):
+    for name in ("config.yaml", "evals.jsonl", "results.json", "retention.png", "curves.png", "checkpoint.pt"):
         assert (run_dir / name).exists(), name
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["finished"] and saved["tasks"] == ["hammer-v3", "push-wall-v3"]

@@ -123,18 +123,73 @@ class ContinualLoop:
         self.state.eval_id += 1
         self.monitor.log_evaluation(rows, self.state.global_step)
 
+    def _advance(self, task, n: int) -> bool:
+        """Count ``n`` steps of ``task``; log, evaluate and checkpoint as due. True when the task is done."""
+        st, tcfg = self.state, self.cfg.train
+        before = st.task_steps
+        st.task_steps += n
+        st.global_step += n
+        self.monitor.advance(n)
+        if st.global_step // tcfg.log_every > (st.global_step - n) // tcfg.log_every:
+            self.monitor.flush_train(st.global_step)
+        task_done = st.task_steps >= tcfg.steps_per_task
+        if task_done or st.task_steps // tcfg.eval_every > before // tcfg.eval_every:
+            self.evaluate(active=task.index, tasks=[task] if self.cfg.reference else None)
+            if task_done:
+                self.agent.end_task(task)
+                st.task, st.task_steps = st.task + 1, 0
+            if task_done or st.global_step - self._last_ckpt >= tcfg.checkpoint_every:
+                st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
+                self.save_checkpoint()
+                self._last_ckpt = st.global_step
+        return task_done
+
+    def _train_online(self, task) -> None:
+        """Collect vector steps of ``task`` and let the agent learn from them, to the task's budget."""
+        cfg, st = self.cfg, self.state
+        # The env's RNG stream cannot be checkpointed, so each segment gets its own seed.
+        env = task.make_vec(cfg.train.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend)
+        obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
+        first = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
+        task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=self.device)
+        task_done = st.task_steps >= cfg.train.steps_per_task
+        while not task_done:
+            action = self.agent.act(obs, task.index, explore=True, first=first)
+            step = env.step(action.cpu().numpy())
+            self.agent.observe(Transitions(
+                obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
+                next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),
+                terminated=torch.as_tensor(step.terminated, dtype=torch.float32, device=self.device),
+                truncated=torch.as_tensor(step.truncated, dtype=torch.float32, device=self.device),
+                task_index=task_idx,
+            ))
+            stats = self.agent.update()
+            if stats:
+                self.monitor.add_train_stats(stats)
+            obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
+            first = torch.as_tensor(step.terminated | step.truncated, device=self.device)
+            task_done = self._advance(task, env.num_envs)
+        env.close()
+
+    def _train_offline(self, task) -> None:
+        """Gradient steps on the task's dataset (the agent holds it), to the task's budget of steps."""
+        task_done = self.state.task_steps >= self.cfg.train.steps_per_task
+        while not task_done:
+            stats = self.agent.update()
+            if stats:
+                self.monitor.add_train_stats(stats)
+            task_done = self._advance(task, 1)
+
     def run(self, *, resume: bool = False) -> dict[str, Any]:
-        cfg, tcfg, seq, st = self.cfg, self.cfg.train, self.sequence, self.state
+        cfg, tcfg, seq = self.cfg, self.cfg.train, self.sequence
         if resume:
             self.restore()
-            st = self.state
+        st = self.state
         st.segments += 1
-        budget, n_tasks = tcfg.steps_per_task, len(seq)
-        self.monitor = Monitor(self.run_dir, total_steps=budget * n_tasks, start_step=st.global_step, quiet=self.quiet,
-                               purge_step=st.global_step if resume else None, hparams=cfg.to_dict())
-        segment_start = time.perf_counter()
-        wall_before = st.wall_time
-        last_ckpt = st.global_step
+        n_tasks = len(seq)
+        self.monitor = Monitor(self.run_dir, total_steps=tcfg.steps_per_task * n_tasks, start_step=st.global_step,
+                               quiet=self.quiet, purge_step=st.global_step if resume else None, hparams=cfg.to_dict())
+        self._segment_start, self._wall_before, self._last_ckpt = time.perf_counter(), st.wall_time, st.global_step
         try:
             if st.eval_id == 0 and tcfg.eval_at_start and not cfg.reference:
                 self.evaluate(active=-1)
@@ -147,46 +202,11 @@ class ContinualLoop:
                         seed_everything(cfg.seed + task.index)
                         self.agent = make_agent(cfg, seq, self.device)
                     self.agent.begin_task(task)
-                # The env's RNG stream cannot be checkpointed, so each segment gets its own seed.
-                env = task.make_vec(tcfg.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend)
-                obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
-                first = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
-                task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=self.device)
-                task_done = st.task_steps >= budget
-                while not task_done:
-                    action = self.agent.act(obs, task.index, explore=True, first=first)
-                    step = env.step(action.cpu().numpy())
-                    ended = step.terminated | step.truncated
-                    self.agent.observe(Transitions(
-                        obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
-                        next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),
-                        terminated=torch.as_tensor(step.terminated, dtype=torch.float32, device=self.device),
-                        truncated=torch.as_tensor(step.truncated, dtype=torch.float32, device=self.device),
-                        task_index=task_idx,
-                    ))
-                    stats = self.agent.update()
-                    if stats:
-                        self.monitor.add_train_stats(stats)
-                    obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
-                    first = torch.as_tensor(ended, device=self.device)
-                    before = st.task_steps
-                    st.task_steps += env.num_envs
-                    st.global_step += env.num_envs
-                    self.monitor.advance(env.num_envs)
-                    if st.global_step // tcfg.log_every > (st.global_step - env.num_envs) // tcfg.log_every:
-                        self.monitor.flush_train(st.global_step)
-                    task_done = st.task_steps >= budget
-                    if task_done or st.task_steps // tcfg.eval_every > before // tcfg.eval_every:
-                        self.evaluate(active=task.index, tasks=[task] if cfg.reference else None)
-                        if task_done:
-                            self.agent.end_task(task)
-                            st.task, st.task_steps = st.task + 1, 0
-                        if task_done or st.global_step - last_ckpt >= tcfg.checkpoint_every:
-                            st.wall_time = wall_before + time.perf_counter() - segment_start
-                            self.save_checkpoint()
-                            last_ckpt = st.global_step
-                env.close()
-            st.wall_time = wall_before + time.perf_counter() - segment_start
+                if self.agent.learns_from == "dataset":
+                    self._train_offline(task)
+                else:
+                    self._train_online(task)
+            st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
         finally:
             self.monitor.close()
             self.evaluator.close()

@@ -53,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, help="episodes per task (default: the run's)")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default=None)
+    from crl.envs.data import add_data_commands
+
+    add_data_commands(sub)
+    p = sub.add_parser("pretrain", help="pre-train the Decision Transformer backbone of L2M and cache it")
+    p.add_argument("--data", default="mt40", help="pre-training task set: mt40 | mt50 | comma-separated names")
+    p.add_argument("--size", default="small", help="backbone size: small | paper")
+    p.add_argument("--episodes", type=int, help="expert episodes per task")
+    p.add_argument("--updates", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--data-dir", type=Path, help="default: $CRL_DATA_DIR or ~/.cache/crl/data")
     p = sub.add_parser("report", help="metrics table (and plots) of finished runs; several seeds → mean and 90%% CI")
     p.add_argument("run_dirs", type=Path, nargs="+")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -70,8 +84,8 @@ def cmd_list() -> None:
         print(f"  {name:<8} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
         print("           " + ", ".join(seq.labels))
     print("agents:")
-    for name, (_, _, desc) in AGENTS.items():
-        print(f"  {name:<8} {desc}")
+    for name, (_, _, desc, _) in AGENTS.items():
+        print(f"  {name:<11} {desc}")
     print("presets:")
     for name in available("preset"):
         desc = read_yaml(config_dir() / "preset" / f"{name}.yaml").get("description", "")
@@ -138,6 +152,33 @@ def cmd_eval(args) -> None:
     (Path(args.run_dir) / "eval.json").write_text(json.dumps(out, indent=2))
 
 
+def cmd_pretrain(args) -> None:
+    import dataclasses
+
+    import torch
+
+    from crl.config import resolve_device
+    from crl.envs.data import default_data_dir, resolve_tasks
+    from crl.pretrain import PretrainConfig, backbone_path, dt_config, pretrain
+
+    resolve_tasks(args.data)
+    dt_config(args.size)
+    overrides = {"episodes": args.episodes, "updates": args.updates, "batch_size": args.batch_size, "lr": args.lr}
+    cfg = dataclasses.replace(PretrainConfig(tasks=args.data, size=args.size, seed=args.seed),
+                              **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("episodes", "updates", "batch_size"):
+        if getattr(cfg, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    data_dir = args.data_dir or default_data_dir()
+    path = backbone_path(cfg, data_dir)
+    if path.exists():
+        print(f"already pre-trained: {path}")
+        return
+    pretrain(cfg, data_dir, device)
+
+
 def cmd_report(args) -> None:
     from crl.report import report
 
@@ -155,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args)
         elif args.command == "report":
             cmd_report(args)
+        elif args.command == "pretrain":
+            cmd_pretrain(args)
+        elif args.command == "data":
+            from crl.envs.data import run_data_command
+
+            run_data_command(args)
     except UsageError as e:
         print(f"crl: error: {e}", file=sys.stderr)
         return 2

@@ -165,18 +165,19 @@ def build_config(
     preset: str | None = None, reference: bool = False, config_file: Path | None = None,
     train_flags: dict[str, Any] | None = None, sets: list[str] | None = None,
 ) -> RunConfig:
-    from crl.agents import agent_class
+    from crl.agents import agent_family, make_agent_config
     from crl.envs import make_sequence
 
     sequence = make_sequence(seq)  # validates the name
-    cls = agent_class(agent)
+    agent_config = make_agent_config(agent)
     if preset is not None and preset not in available("preset"):
         raise UsageError(f"unknown preset '{preset}'; allowed: {', '.join(available('preset'))}")
     cfg = RunConfig(seq=seq, agent=agent, seed=seed, device=device, backend=backend, preset=preset,
                     reference=reference, train=TrainConfig(steps_per_task=sequence.steps_per_task),
-                    agent_config=cls.config_class())
+                    agent_config=agent_config)
     layers = []
-    for kind, name in (("seq", seq), ("agent", agent), ("preset", preset)):
+    family = agent_family(agent)
+    for kind, name in (("seq", seq), ("agent", family), ("agent", agent if agent != family else None), ("preset", preset)):
         path = config_dir() / kind / f"{name}.yaml"
         if name is not None and path.exists():
             layers.append((path, read_yaml(path)))
@@ -188,7 +189,11 @@ def build_config(
             raise UsageError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: train, agent, agents, description")
         apply_overrides(cfg.train, data.get("train") or {}, "train")
         apply_overrides(cfg.agent_config, data.get("agent") or {}, "agent")
-        apply_overrides(cfg.agent_config, (data.get("agents") or {}).get(agent) or {}, "agent")
+        per_agent = data.get("agents") or {}
+        for key in dict.fromkeys((family, agent)):  # the family's section, then the variant's
+            section = dict(per_agent.get(key) or {})
+            apply_overrides(cfg.train, section.pop("train", None) or {}, "train")
+            apply_overrides(cfg.agent_config, section, "agent")
     apply_overrides(cfg.train, {k: v for k, v in (train_flags or {}).items() if v is not None}, "train")
     overrides = parse_set(sets or [])
     apply_overrides(cfg.train, overrides["train"], "train")
@@ -209,11 +214,10 @@ def validate(cfg: RunConfig) -> None:
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Rebuild a RunConfig from a run dir's config.yaml (as written by ``RunConfig.to_dict``)."""
-    from crl.agents import agent_class
+    from crl.agents import make_agent_config
 
     run = data["run"]
-    cls = agent_class(run["agent"])
-    cfg = RunConfig(**run, agent_config=cls.config_class())
+    cfg = RunConfig(**run, agent_config=make_agent_config(run["agent"]))
     apply_overrides(cfg.train, data.get("train", {}), "train")
     apply_overrides(cfg.agent_config, data.get("agent", {}), "agent")
     return cfg

@@ -161,6 +161,19 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def observe(self, batch: Transitions) -> None: ...
 
+    def prepare_evaluation(self, row_tasks: list[Task]) -> None:
+        """Called before an evaluation with the task of every row the next ``act`` calls will see
+        (e.g. a Decision Transformer looks up each row's return-to-go target). Default: nothing."""
+
+    def retention_tasks(self) -> list[Task]:
+        """Tasks outside the sequence the agent should keep (e.g. its pre-training tasks); the loop
+        evaluates them before and after the continual phase. Default: none."""
+        return []
+
+    def after_step(self, reward: torch.Tensor, ended: torch.Tensor) -> None:
+        """The reward of the action just taken and which rows' episodes ended, during evaluation,
+        for agents that keep a context (a Decision Transformer's return-to-go). Default: nothing."""
+
     @abc.abstractmethod
     def update(self) -> dict[str, float]: ...
 

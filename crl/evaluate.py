@@ -48,6 +48,8 @@ class Evaluator:
         returns = np.zeros(total, dtype=np.float64)
         lengths = np.zeros(total, dtype=np.int64)
         first = torch.ones(total, dtype=torch.bool, device=self.device)
+        agent.prepare_evaluation([t for t, n in zip(tasks, sizes) for _ in range(n)])
+        step_reward = np.zeros(total, dtype=np.float32)
         for _ in range(int(horizon.max())):
             obs_t = torch.as_tensor(obs, device=self.device)
             actions = agent.act(obs_t, task_index, explore=False, deterministic=self.deterministic, first=first)
@@ -64,8 +66,10 @@ class Evaluator:
                 success[lo:hi][live] |= step.success[live]
                 ended[lo:hi] = step.terminated | step.truncated
                 obs[lo:hi] = step.obs
+                step_reward[lo:hi] = step.reward
             done |= ended
             first = torch.as_tensor(ended, device=self.device)
+            agent.after_step(torch.as_tensor(step_reward, device=self.device), first)
             if done.all():
                 break
         results = []

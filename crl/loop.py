@@ -37,6 +37,7 @@ class LoopState:
     evals: list[dict[str, Any]] = field(default_factory=list)  # every evaluation row
     wall_time: float = 0.0  # seconds of training + evaluation, summed over resumes
     segments: int = 0  # how many times the run was started (1 + resumes)
+    retention: dict[str, dict[str, float]] = field(default_factory=dict)  # agent.retention_tasks() scores
 
 
 def seed_everything(seed: int) -> None:
@@ -123,6 +124,21 @@ class ContinualLoop:
         self.state.eval_id += 1
         self.monitor.log_evaluation(rows, self.state.global_step)
 
+    def evaluate_retention(self, when: str) -> None:
+        """Score the agent's retention tasks (e.g. L2M's pre-training tasks) into state.retention[when]."""
+        tasks = self.agent.retention_tasks()
+        if not tasks or when in self.state.retention:
+            return
+        from crl.core import Sequence as TaskSequence
+
+        extra = TaskSequence(name="retention", tasks=tuple(tasks), steps_per_task=0)
+        evaluator = Evaluator(extra, self.cfg.train.eval_episodes, self.cfg.seed + 17, self.cfg.backend, self.device,
+                              deterministic=self.cfg.train.eval_deterministic)
+        try:
+            self.state.retention[when] = {t.name: r["score"] for t, r in zip(tasks, evaluator.evaluate(self.agent))}
+        finally:
+            evaluator.close()
+
     def _advance(self, task, n: int) -> bool:
         """Count ``n`` steps of ``task``; log, evaluate and checkpoint as due. True when the task is done."""
         st, tcfg = self.state, self.cfg.train
@@ -193,6 +209,7 @@ class ContinualLoop:
         try:
             if st.eval_id == 0 and tcfg.eval_at_start and not cfg.reference:
                 self.evaluate(active=-1)
+                self.evaluate_retention("before")
                 self.save_checkpoint()
             while st.task < n_tasks:
                 task = seq.tasks[st.task]
@@ -206,6 +223,7 @@ class ContinualLoop:
                     self._train_offline(task)
                 else:
                     self._train_online(task)
+            self.evaluate_retention("after")
             st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
         finally:
             self.monitor.close()

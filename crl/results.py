@@ -159,6 +159,7 @@ def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[s
         "wall_time_s": round(state.wall_time, 2),
         "env_steps_per_s": round(state.global_step / state.wall_time, 2) if state.wall_time else None,
         "evaluations": state.eval_id,
+        "retention_tasks": state.retention or None,
         "segments": state.segments,
         "protocol": PROTOCOL_NOTES.get(sequence.tasks[0].domain, ""),
         "versions": _versions(),

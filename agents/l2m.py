@@ -1,0 +1,361 @@
+"""L2M: a frozen pre-trained Decision Transformer modulated by a pool of LoRA modules, and its baselines.
+
+Paper: Schmied, Hofmarcher, Paischer, Pascanu, Hochreiter, "Learning to Modulate pre-trained Models in
+RL", NeurIPS 2023 (code ``ml-jku/L2M``). The backbone is pre-trained on MT40 (``crl pretrain``) and frozen;
+each training batch picks, per sample, the pool module whose key is most similar (cosine, top-1) to the
+query — the masked mean of the embedded state tokens of the context — trains it with cross-entropy on
+the task's data plus the key loss (−0.5·cos(q, k_selected)), and a usage-count penalty refreshed at task
+switches makes a new task claim modules the old ones did not use. Evaluation is task-agnostic: no task
+id, no penalty, top-1 recomputed at every env step.
+
+Methods (``method``), all on the same backbone and data:
+- ``l2m``: the above. ``l2m-oracle``: the pool split into contiguous slices per task, chosen by task id.
+- ``lora``: one shared LoRA module, no pool. ``l2p``: L2P-style prefix-prompt pool (top-k, count penalty).
+- ``ft``: full fine-tuning. ``ewc``: full fine-tuning + EWC (Fisher from 10 batches per task).
+  ``l2``: the same with importance 1.
+
+Differs from the paper: our data is Meta-World v3 scripted experts with action noise (no downloads; the
+paper used the replay buffers of SAC agents on v2); the backbone is small and pre-trained on MT40 only
+(no DMC) for minutes on CPU; tokens are [RTG, state, action] per step with all action dims predicted from
+the state token (crl/dt.py); success is the flag at any step (the paper read the final step's flag; we
+record both). The RTG target of a row uses its task's data (max episode return × ``target_return_mult``),
+as L2M's per-task target table does — the only use of task identity outside ``l2m-oracle``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crl.core import Agent, Task, Transitions, UsageError
+from crl.lora import LoRAPool, PromptPool
+from crl.pretrain import PretrainConfig, load_or_pretrain, weight_decay_groups
+
+METHODS = ("l2m", "l2m-oracle", "lora", "l2p", "ft", "ewc", "l2")
+
+
+@dataclass
+class L2MConfig:
+    method: str = "l2m"  # one of METHODS
+    backbone: str = "small"  # DT size (crl/dt.py DT_SIZES): "small" or "paper"
+    pretrain_tasks: str = "mt40"  # task set the backbone is pre-trained on
+    pretrain_episodes: int = 20  # expert episodes per pre-training task
+    pretrain_updates: int = 3000  # backbone pre-training steps
+    pretrain_lr: float = 3e-4
+    task_episodes: int = 50  # expert episodes per continual task (L2M: 2M transitions ≈ 10k episodes)
+    data_dir: str = ""  # "" = $CRL_DATA_DIR or the user cache dir
+    batch_size: int = 64  # L2M: 256
+    lr: float = 1e-4  # AdamW; L2M code default 1e-4 (paper: 5e-5 on CW)
+    weight_decay: float = 0.01
+    grad_clip: float = 0.25  # L2M
+    pool_size: int = 30  # L2M: 30 modulators
+    rank: int = 8  # LoRA rank (α = 2·rank) on q, v and the MLP activation of every layer
+    key_loss_coef: float = 0.5  # L2M: loss −= 0.5·cos(query, selected key)
+    count_penalty: bool = True  # new tasks claim modules unused so far
+    target_return_mult: float = 1.0  # RTG target = this × the task data's best episode return
+    ewc_lambda: float = 400.0  # L2M's EWC (and L2) strength
+    fisher_batches: int = 10  # batches for the Fisher estimate at each task end
+    prompt_pool: int = 100  # L2P: prompts in the pool
+    prompt_length: int = 5  # L2P: tokens per prompt
+    prompt_top_k: int = 5  # L2P: prompts prepended per sample
+    retention_tasks: int = 5  # pre-training tasks evaluated before and after the continual phase
+    seed: int = 0  # data collection and batch sampling
+
+
+def _log(message: str) -> None:
+    print(f"[l2m] {message}", file=sys.stderr, flush=True)
+
+
+class L2M(Agent):
+    """See the module docstring. ``update`` = one gradient step on the current task's data."""
+
+    learns_from = "dataset"
+    config_class = L2MConfig
+
+    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: L2MConfig, device: torch.device):
+        from crl.envs.data import default_data_dir
+
+        if config.method not in METHODS:
+            raise UsageError(f"unknown L2M method '{config.method}'; allowed: {', '.join(METHODS)}")
+        self.cfg, self.device, self.num_tasks = config, device, num_tasks
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.method = config.method
+        self.data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+        self.pretrain_cfg = PretrainConfig(tasks=config.pretrain_tasks, size=config.backbone,
+                                           episodes=config.pretrain_episodes, updates=config.pretrain_updates,
+                                           lr=config.pretrain_lr)
+        self.backbone, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, device, log=_log)
+        self.dt_cfg = self.backbone.cfg
+        self.trains_backbone = self.method in ("ft", "ewc", "l2")
+        self.backbone.requires_grad_(self.trains_backbone)
+        d = self.dt_cfg.d_model
+
+        self.pool: LoRAPool | None = None
+        self.keys: nn.Parameter | None = None
+        self.prompts: PromptPool | None = None
+        if self.method in ("l2m", "l2m-oracle", "lora"):
+            size = 1 if self.method == "lora" else config.pool_size
+            if self.method == "l2m-oracle" and size < num_tasks:
+                raise UsageError(f"l2m-oracle needs agent.pool_size >= {num_tasks} tasks, got {size}")
+            self.pool = LoRAPool(size, self.dt_cfg.n_layers, d, 4 * d, config.rank).to(device)
+            self.keys = nn.Parameter(torch.empty(size, d, device=device).uniform_(-1, 1))
+        elif self.method == "l2p":
+            self.prompts = PromptPool(config.prompt_pool, config.prompt_length, d).to(device)
+        n_select = self.keys.shape[0] if self.keys is not None else (config.prompt_pool if self.prompts else 1)
+        self.counts = torch.zeros(n_select, device=device)  # selections so far, never reset (L2M)
+        self.inv_counts = torch.ones(n_select, device=device)  # refreshed at task switches only (L2M)
+
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        self.fisher: list[torch.Tensor] | None = None  # EWC/L2 importance, summed over finished tasks
+        self.anchor: list[torch.Tensor] | None = None  # backbone weights at the last task end
+        self.task_index = 0
+        self.sampler = None
+        self._sampler_task: str | None = None
+        self.datasets: dict[str, Any] = {}
+        self.gradient_steps = 0
+        self._ctx: dict[str, torch.Tensor] | None = None
+        self._row_targets: torch.Tensor | None = None
+
+    # -- parameters ------------------------------------------------------------------------------
+
+    def _trainable(self) -> list[nn.Parameter]:
+        if self.trains_backbone:
+            return list(self.backbone.parameters())
+        params = []
+        if self.pool is not None:
+            params += list(self.pool.parameters())
+        if self.keys is not None and self.method != "lora":
+            params.append(self.keys)
+        if self.prompts is not None:
+            params += list(self.prompts.parameters())
+        return params
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        if self.trains_backbone:
+            return weight_decay_groups(self.backbone, self.cfg.weight_decay)
+        return [{"params": self._trainable(), "weight_decay": 0.0}]
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _dataset(self, task_name: str):
+        from crl.envs.data import CollectConfig, collect, load_task
+
+        if task_name not in self.datasets:
+            path = self.data_dir / "metaworld" / task_name
+            if not (path / "manifest.json").exists():
+                _log(f"collecting {self.cfg.task_episodes} expert episodes of {task_name} into {self.data_dir}")
+                collect([task_name], CollectConfig(episodes=self.cfg.task_episodes, seed=self.cfg.seed), self.data_dir,
+                        progress=False)
+            self.datasets[task_name] = load_task(task_name, self.data_dir)
+        return self.datasets[task_name]
+
+    def _target_return(self, task_name: str) -> float:
+        ds = self._dataset(task_name)
+        return float(ds.episode_return.max()) * self.cfg.target_return_mult
+
+    # -- the Agent contract ----------------------------------------------------------------------
+
+    def begin_task(self, task: Task) -> None:
+        from crl.envs.data import WindowSampler
+
+        self.task_index, self._sampler_task = task.index, task.name
+        self.sampler = WindowSampler([self._dataset(task.name)], self.dt_cfg.context, self.device,
+                                     seed=self.cfg.seed * 1000 + task.index)
+        if task.index > 0 and self.cfg.count_penalty:
+            freq = self.counts / self.counts.sum().clamp_min(1.0)
+            inv = 1.0 / (freq + 1e-6)
+            self.inv_counts = inv / inv.max()
+
+    def end_task(self, task: Task) -> None:
+        if self.method in ("ewc", "l2"):
+            self._consolidate()
+
+    def observe(self, batch: Transitions) -> None:
+        raise RuntimeError("L2M learns from datasets; the loop never calls observe for it")
+
+    def _query(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L2M's query: the masked mean of the embedded state tokens of the context (frozen embeddings)."""
+        with torch.no_grad():
+            emb = self.backbone.state_embeddings(states, timesteps)
+        m = mask.unsqueeze(-1).float()
+        return (emb * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def _select(self, query: torch.Tensor, task_index: int | torch.Tensor, train: bool):
+        """Top-1 module per row: (indices (B,), cosine similarity with the selected key (B,), with grad)."""
+        sim = F.normalize(query.float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
+        score = sim
+        if self.method == "l2m-oracle":
+            per_task = self.keys.shape[0] // self.num_tasks
+            owner = torch.arange(self.keys.shape[0], device=self.device) // per_task
+            rows = torch.as_tensor(task_index, device=self.device).expand(sim.shape[0])
+            score = sim.masked_fill(owner[None, :] != rows[:, None], -2.0)
+        elif train and self.cfg.count_penalty and self.task_index > 0:
+            score = (sim.detach() + 1) / 2 * self.inv_counts
+        idx = score.argmax(-1)
+        return idx, sim.gather(1, idx[:, None]).squeeze(1)
+
+    def _modulation(self, states, timesteps, mask, task_index, train: bool):
+        """(modulation, prefix, key-loss term, selected indices) for a batch."""
+        if self.method == "lora":
+            return self.pool.bind(0), None, None, None
+        if self.method in ("l2m", "l2m-oracle"):
+            idx, sim = self._select(self._query(states, timesteps, mask), task_index, train)
+            return self.pool.bind(idx), None, -self.cfg.key_loss_coef * sim.mean(), idx
+        if self.method == "l2p":
+            sim = self.prompts.similarity(self._query(states, timesteps, mask))
+            score = (sim.detach() + 1) / 2 * self.inv_counts if train and self.task_index > 0 else sim
+            idx = score.topk(self.cfg.prompt_top_k, dim=-1).indices
+            return None, self.prompts.prefix(idx), -self.cfg.key_loss_coef * sim.gather(1, idx).mean(), idx
+        return None, None, None, None
+
+    def update(self) -> dict[str, float]:
+        b = self.sampler.sample(self.cfg.batch_size)
+        self.backbone.train()
+        mod, prefix, key_loss, idx = self._modulation(b["states"], b["timesteps"], b["mask"], self.task_index, True)
+        logits = self.backbone(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"],
+                               modulation=mod, prefix=prefix)
+        loss = self.backbone.loss(logits, b["actions"], b["mask"])
+        stats = {"action_loss": loss.detach()}
+        if key_loss is not None:
+            loss = loss + key_loss
+            stats["key_loss"] = key_loss.detach()
+            self.counts += torch.bincount(idx.flatten(), minlength=self.counts.numel()).float()
+        if self.fisher is not None:
+            penalty = sum((f * (p - a) ** 2).sum() for f, p, a in zip(self.fisher, self.backbone.parameters(), self.anchor))
+            loss = loss + self.cfg.ewc_lambda / 2 * penalty
+            stats["consolidation"] = penalty.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.gradient_steps += 1
+        if idx is not None:
+            stats["modules_in_batch"] = torch.tensor(float(idx.unique().numel()))
+        return {k: float(v) for k, v in stats.items()}
+
+    def _consolidate(self) -> None:
+        """EWC: add this task's diagonal Fisher (squared gradients of the action loss over
+        ``fisher_batches`` batches); L2: importance 1 everywhere. Anchor at the current weights."""
+        params = list(self.backbone.parameters())
+        if self.method == "l2":
+            importance = [torch.ones_like(p) for p in params]
+        else:
+            importance = [torch.zeros_like(p) for p in params]
+            for _ in range(self.cfg.fisher_batches):
+                b = self.sampler.sample(self.cfg.batch_size)
+                logits = self.backbone(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+                grads = torch.autograd.grad(self.backbone.loss(logits, b["actions"], b["mask"]), params, allow_unused=True)
+                for f, g in zip(importance, grads):
+                    if g is not None:
+                        f += g.detach() ** 2 / self.cfg.fisher_batches
+        self.fisher = importance if self.fisher is None else [f + i for f, i in zip(self.fisher, importance)]
+        self.anchor = [p.detach().clone() for p in params]
+
+    # -- acting (batched, task-agnostic except l2m-oracle and the RTG target) ---------------------
+
+    def prepare_evaluation(self, row_tasks: list[Task]) -> None:
+        targets = {t.name: self._target_return(t.name) for t in row_tasks}
+        self._row_targets = torch.tensor([targets[t.name] for t in row_tasks], device=self.device)
+        self._ctx = None
+
+    def _reset_rows(self, rows: torch.Tensor) -> None:
+        c = self._ctx
+        for key in ("states", "actions", "rtg", "timesteps", "mask"):
+            c[key][rows] = 0
+        c["rtg_now"][rows] = self._row_targets[rows] if self._row_targets is not None else 0.0
+        c["t"][rows] = 0
+
+    @torch.no_grad()
+    def act(self, obs, task_index, *, explore, deterministic=False, first=None):
+        n, k = obs.shape[0], self.dt_cfg.context
+        if self._ctx is None or self._ctx["states"].shape[0] != n:
+            self._ctx = {
+                "states": torch.zeros(n, k, self.obs_dim, device=self.device),
+                "actions": torch.zeros(n, k, self.act_dim, device=self.device),
+                "rtg": torch.zeros(n, k, device=self.device),
+                "timesteps": torch.zeros(n, k, dtype=torch.long, device=self.device),
+                "mask": torch.zeros(n, k, dtype=torch.bool, device=self.device),
+                "rtg_now": torch.zeros(n, device=self.device), "t": torch.zeros(n, dtype=torch.long, device=self.device),
+            }
+            first = torch.ones(n, dtype=torch.bool, device=self.device)
+        c = self._ctx
+        if first is not None and bool(first.any()):
+            self._reset_rows(first)
+        for key in ("states", "actions", "rtg", "timesteps", "mask"):
+            c[key] = c[key].roll(-1, dims=1)
+        c["states"][:, -1] = obs
+        c["actions"][:, -1] = 0
+        c["rtg"][:, -1] = c["rtg_now"]
+        c["timesteps"][:, -1] = c["t"].clamp_max(self.dt_cfg.max_timestep - 1)
+        c["mask"][:, -1] = True
+        self.backbone.eval()
+        mod, prefix, _, _ = self._modulation(c["states"], c["timesteps"], c["mask"], task_index, False)
+        logits = self.backbone(c["states"], c["actions"], c["rtg"], c["timesteps"], c["mask"], modulation=mod, prefix=prefix)
+        action = self.backbone.undiscretize(logits[:, -1].argmax(-1))[:, : self.act_dim]
+        c["actions"][:, -1] = action
+        return action
+
+    def after_step(self, reward: torch.Tensor, ended: torch.Tensor) -> None:
+        if self._ctx is not None:
+            self._ctx["rtg_now"] -= reward
+            self._ctx["t"] += 1
+
+    def retention_tasks(self) -> list[Task]:
+        """``retention_tasks`` pre-training tasks, spread over the pre-training set (the paper's claim
+        that modulation keeps pre-trained skills; full fine-tuning loses them)."""
+        from crl.envs.data import resolve_tasks
+        from crl.envs.metaworld import metaworld_task
+
+        names = resolve_tasks(self.cfg.pretrain_tasks)
+        n = min(self.cfg.retention_tasks, len(names))
+        chosen = [names[i * len(names) // n] for i in range(n)] if n else []
+        return [metaworld_task(name, i, len(chosen)) for i, name in enumerate(chosen)]
+
+    def selected_module(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Task-agnostic top-1 module per row (evaluation-time retrieval), for inspection and tests."""
+        return self._select(self._query(states, timesteps, mask), 0, train=False)[0]
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone.state_dict(),
+            "pool": None if self.pool is None else self.pool.state_dict(),
+            "keys": None if self.keys is None else self.keys.detach().cpu(),
+            "prompts": None if self.prompts is None else self.prompts.state_dict(),
+            "counts": self.counts.cpu(), "inv_counts": self.inv_counts.cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "fisher": self.fisher, "anchor": self.anchor,
+            "task_index": self.task_index, "gradient_steps": self.gradient_steps,
+            "sampler": None if self.sampler is None else self.sampler.state_dict(),
+            "sampler_task": None if self.sampler is None else self._sampler_task,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.backbone.load_state_dict(state["backbone"])
+        if self.pool is not None:
+            self.pool.load_state_dict(state["pool"])
+        with torch.no_grad():
+            if self.keys is not None:
+                self.keys.copy_(state["keys"].to(self.device))
+        if self.prompts is not None:
+            self.prompts.load_state_dict(state["prompts"])
+        # The reference code drops these two on resume (reference/l2m.md pitfall 2); crl restores them.
+        self.counts = state["counts"].to(self.device)
+        self.inv_counts = state["inv_counts"].to(self.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        to_device = (lambda ts: None if ts is None else [t.to(self.device) for t in ts])
+        self.fisher, self.anchor = to_device(state["fisher"]), to_device(state["anchor"])
+        self.task_index, self.gradient_steps = state["task_index"], state["gradient_steps"]
+        if state["sampler"] is not None:
+            from crl.envs.data import WindowSampler
+
+            self.sampler = WindowSampler([self._dataset(state["sampler_task"])], self.dt_cfg.context, self.device, seed=0)
+            self.sampler.load_state_dict(state["sampler"])
+            self._sampler_task = state["sampler_task"]

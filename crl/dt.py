@@ -1,0 +1,285 @@
+"""Decision Transformer backbone for L2M (multi-domain DT with binned actions, modulation hooks).
+
+Layout and heads
+----------------
+Each timestep is three tokens ``[return-to-go, state, action]`` (the classic DT layout). The action of
+step t is predicted from the output at step t's STATE token by one linear head giving
+``act_dim × n_bins`` logits: every action dim is discretised into ``n_bins`` uniform bins on [−1, 1],
+trained with cross-entropy per dim and decoded greedily as the bin CENTRE.
+
+**Deviation from L2M** (ml-jku/L2M, see ``shared/reference/l2m.md``): L2M's MDDT uses 9 tokens per
+timestep ``[s, RTG, a1 … a6, r]``, one token per action dim (``Embedding(65, d)``), predicts action dim j
+from the token before it autoregressively, decodes a bin's lower edge, and needs one full forward pass
+per action dim at inference (4 per Meta-World step). Here the action input is one continuous linear
+embedding, all dims are predicted at once from the state token, and there is no reward token: 3 instead
+of 9 tokens per step (≈3× cheaper training, attention ≈9× cheaper) and 1 instead of 4 forward passes per
+env step. Binning and cross-entropy are kept, so the output is still a categorical per action dim.
+
+Kept from L2M: states zero-padded to ``state_dim`` (204, the DMC/MW union) and actions to ``act_dim``
+(6) with padded dims masked out of the loss; RTG divided by ``reward_scale`` (MW 200, DMC 100); a
+learned timestep embedding (``max_timestep`` = 1000 entries) added to every token of a step and no
+position embedding; an embedding LayerNorm; GPT-2 pre-LN blocks (LN → causal self-attention →
+residual; LN → MLP d→4d, GELU (tanh approximation, as GPT-2), 4d→d → residual); a final LayerNorm;
+GPT-2 dropout (embedding, attention, residual) and GPT-2 initialisation.
+
+Zero-padding is done without materialising it: a (B, K, S) state with S < ``state_dim`` goes through the
+first S columns of the state embedding, which equals padding with zeros.
+
+Modulation
+----------
+q, k and v are separate ``nn.Linear`` layers. ``forward(..., modulation=m)`` calls
+``m.delta(site, layer, x)`` inside every block (``None`` = site not modulated):
+
+- ``"q"``, ``"k"``, ``"v"`` with ``x`` = the block's LN output (added to the projection's output),
+- ``"mlp"`` with ``x`` = the post-GELU 4d hidden (added to it), L2M's LoRA placement.
+
+``crl.lora.LoRAPool(...).bind(idx)`` is such an object. ``prefix`` (B, P, d) are extra tokens (prompt
+pool baselines) prepended to the sequence: every real token attends to all of them; they attend only to
+earlier prefix tokens, so they carry no information from the trajectory and causality holds.
+
+Padding
+-------
+Windows shorter than ``context`` are LEFT-padded; ``mask`` (B, K) is True at real steps. With a mask, an
+explicit attention mask (causal AND key is real; a padded query attends to itself only, so no row is
+empty) guarantees padded steps do not affect real ones whatever their content; timesteps are clamped to
+the table, so padded steps may hold any value. ``mask=None`` means no padding and uses SDPA's fused
+``is_causal`` path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DTConfig:
+    n_layers: int = 3
+    n_heads: int = 4
+    d_model: int = 128
+    context: int = 5          # timesteps per window (3 tokens each)
+    state_dim: int = 204      # L2M's union width; narrower states are zero-padded
+    act_dim: int = 6          # padded action width
+    n_bins: int = 64          # uniform bins per action dim on [-1, 1]
+    max_timestep: int = 1000  # timestep-embedding table size
+    dropout: float = 0.1
+    reward_scale: float = 200.0  # RTG is divided by this (MW 200, DMC 100)
+
+    @property
+    def d_ff(self) -> int:
+        return 4 * self.d_model
+
+
+DT_SIZES = {
+    "small": DTConfig(),
+    "paper": DTConfig(n_layers=6, n_heads=12, d_model=768),  # L2M's dt_mediumplus_64
+}
+
+
+class Modulation(Protocol):
+    def delta(self, site: str, layer: int, x: torch.Tensor) -> torch.Tensor | None: ...
+
+
+class Block(nn.Module):
+    """GPT-2 pre-LN block with q/k/v as separate linears and modulation hooks."""
+
+    def __init__(self, cfg: DTConfig, layer: int):
+        super().__init__()
+        d = cfg.d_model
+        if d % cfg.n_heads:
+            raise ValueError(f"d_model {d} is not divisible by n_heads {cfg.n_heads}")
+        self.layer, self.n_heads, self.p_drop = layer, cfg.n_heads, cfg.dropout
+        self.ln1 = nn.LayerNorm(d)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, cfg.d_ff)
+        self.out = nn.Linear(cfg.d_ff, d)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                modulation: Modulation | None) -> torch.Tensor:
+        B, T, d = x.shape
+        h = self.ln1(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        if modulation is not None:
+            if (dq := modulation.delta("q", self.layer, h)) is not None:
+                q = q + dq
+            if (dk := modulation.delta("k", self.layer, h)) is not None:
+                k = k + dk
+            if (dv := modulation.delta("v", self.layer, h)) is not None:
+                v = v + dv
+        H = self.n_heads
+        q, k, v = (t.view(B, T, H, d // H).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.p_drop if self.training else 0.0,
+                                           is_causal=attn_mask is None)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, d)))
+        f = F.gelu(self.fc(self.ln2(x)), approximate="tanh")
+        if modulation is not None and (df := modulation.delta("mlp", self.layer, f)) is not None:
+            f = f + df
+        return x + self.drop(self.out(f))
+
+
+class DecisionTransformer(nn.Module):
+    """See the module docstring. Inputs: states (B, K, S ≤ state_dim), actions (B, K, A ≤ act_dim) in
+    [−1, 1], returns_to_go (B, K) or (B, K, 1) unscaled, timesteps (B, K) long, mask (B, K) bool or None."""
+
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed_state = nn.Linear(cfg.state_dim, d)
+        self.embed_action = nn.Linear(cfg.act_dim, d)
+        self.embed_return = nn.Linear(1, d)
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.act_dim * cfg.n_bins)
+        self.register_buffer("bin_centres", -1 + (torch.arange(cfg.n_bins) + 0.5) * (2 / cfg.n_bins),
+                             persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's: N(0, 0.02) weights, zero biases, residual projections N(0, 0.02/√(2L))."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for blk in self.blocks:
+            for lin in (blk.proj, blk.out):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+
+    # ---- embedding -------------------------------------------------------------------------------
+
+    def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.embed_timestep(timesteps.long().clamp(0, self.cfg.max_timestep - 1))
+
+    @staticmethod
+    def _narrow_linear(lin: nn.Linear, x: torch.Tensor, limit: int, what: str) -> torch.Tensor:
+        """``lin`` applied to ``x`` zero-padded to ``limit`` features, without the padding."""
+        n = x.shape[-1]
+        if n > limit:
+            raise ValueError(f"{what} has {n} dims, more than the model's {limit}")
+        w = lin.weight if n == limit else lin.weight[:, :n]
+        return F.linear(x, w, lin.bias)
+
+    def state_embeddings(self, states: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Embedded state tokens (B, K, d): state + timestep embedding, after the embedding LayerNorm
+        (L2M's retrieval query is their masked mean). Equal to ``embed(...)[:, 1::3]``."""
+        s = self._narrow_linear(self.embed_state, states, self.cfg.state_dim, "states")
+        return self.embed_ln(s + self._time(timesteps))
+
+    def embed(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+              timesteps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, 3K, d) in the order [rtg_t, s_t, a_t] per step, after the embedding LayerNorm
+        (before embedding dropout). ``mask`` is accepted for symmetry; padding is handled in attention."""
+        B, K = states.shape[:2]
+        if returns_to_go.dim() == 2:
+            returns_to_go = returns_to_go.unsqueeze(-1)
+        t = self._time(timesteps)
+        s = self._narrow_linear(self.embed_state, states, self.cfg.state_dim, "states")
+        a = self._narrow_linear(self.embed_action, actions, self.cfg.act_dim, "actions")
+        r = self.embed_return(returns_to_go / self.cfg.reward_scale)
+        tokens = torch.stack((r + t, s + t, a + t), dim=2).reshape(B, 3 * K, -1)
+        return self.embed_ln(tokens)
+
+    # ---- trunk -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def attention_mask(mask: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
+        """Bool (B, 1, T, T), True = may attend: causal over [prefix, 3K tokens], keys must be real
+        (prefix tokens are always real); a padded query attends to itself so no row is empty."""
+        B, K = mask.shape
+        key_real = mask.bool().repeat_interleave(3, dim=1)
+        if prefix_len:
+            key_real = torch.cat((key_real.new_ones(B, prefix_len), key_real), dim=1)
+        T = key_real.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril_()
+        eye = torch.eye(T, dtype=torch.bool, device=mask.device)
+        return (causal & (key_real[:, None, :] | eye)).unsqueeze(1)
+
+    def forward_tokens(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                       modulation: Modulation | None = None,
+                       prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Transformer over ``embed(...)`` tokens; returns the final-LN outputs at the state tokens
+        (B, K, d). Lets a caller embed once and reuse the state tokens as a retrieval query."""
+        x = self.drop(tokens)
+        P = 0
+        if prefix is not None:
+            P = prefix.shape[1]
+            x = torch.cat((prefix.to(x.dtype), x), dim=1)
+        attn_mask = None if mask is None else self.attention_mask(mask, P)
+        for blk in self.blocks:
+            x = blk(x, attn_mask, modulation)
+        return self.ln_f(x[:, P + 1::3])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Action logits (..., act_dim, n_bins) from state-token outputs (..., d)."""
+        return self.head(hidden).unflatten(-1, (self.cfg.act_dim, self.cfg.n_bins))
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                timesteps: torch.Tensor, mask: torch.Tensor | None = None, *,
+                modulation: Modulation | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K, act_dim, n_bins): step t's action predicted from step t's state token."""
+        tokens = self.embed(states, actions, returns_to_go, timesteps)
+        return self.logits(self.forward_tokens(tokens, mask, modulation=modulation, prefix=prefix))
+
+    # ---- actions ---------------------------------------------------------------------------------
+
+    def discretize(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions in [−1, 1] (clipped) → bin indices (long, same shape)."""
+        n = self.cfg.n_bins
+        return ((actions.clamp(-1, 1) + 1) * (n / 2)).long().clamp_(0, n - 1)
+
+    def undiscretize(self, bins: torch.Tensor) -> torch.Tensor:
+        """Bin indices → bin centres in (−1, 1)."""
+        return self.bin_centres[bins]
+
+    def loss(self, logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None,
+             act_dim_used: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over real steps (``mask``) and real action dims.
+
+        ``actions`` (B, K, A) are the targets; ``act_dim_used`` is an int (default A) or a (B,) tensor
+        of per-row action widths (mixed-domain batches); dims ≥ it are padding and not counted."""
+        A = actions.shape[-1]
+        used = A if act_dim_used is None else act_dim_used
+        if isinstance(used, int):
+            A = used
+            actions, logits = actions[..., :A], logits[..., :A, :]
+        else:
+            logits = logits[..., :A, :]
+        ce = F.cross_entropy(logits.reshape(-1, self.cfg.n_bins), self.discretize(actions).reshape(-1),
+                             reduction="none").view(actions.shape)
+        weight = None
+        if not isinstance(used, int):
+            weight = (torch.arange(A, device=ce.device) < used.to(ce.device)[:, None])[:, None, :]
+        if mask is not None:
+            m = mask.bool()[..., None]
+            weight = m if weight is None else weight & m
+        if weight is None:
+            return ce.mean()
+        weight = weight.expand_as(ce).to(ce.dtype)
+        return (ce * weight).sum() / weight.sum().clamp_min(1)
+
+    @torch.no_grad()
+    def act(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+            timesteps: torch.Tensor, mask: torch.Tensor | None = None, *,
+            modulation: Modulation | None = None, prefix: torch.Tensor | None = None,
+            act_dim_used: int | None = None) -> torch.Tensor:
+        """Greedy actions (B, act_dim_used or act_dim) for the last step of each (left-padded) window.
+        The last step's action input is a placeholder: the state token precedes it, so it is unseen."""
+        tokens = self.embed(states, actions, returns_to_go, timesteps)
+        hidden = self.forward_tokens(tokens, mask, modulation=modulation, prefix=prefix)
+        bins = self.logits(hidden[:, -1]).argmax(-1)
+        if act_dim_used is not None:
+            bins = bins[:, :act_dim_used]
+        return self.undiscretize(bins)

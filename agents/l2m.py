@@ -109,6 +109,7 @@ class L2M(Agent):
             self.prompts = PromptPool(config.prompt_pool, config.prompt_length, d).to(device)
         n_select = self.keys.shape[0] if self.keys is not None else (config.prompt_pool if self.prompts else 1)
         self.counts = torch.zeros(n_select, device=device)  # selections so far, never reset (L2M)
+        self.usage = torch.zeros(num_tasks, n_select, device=device)  # selections per task, for reports
         self.inv_counts = torch.ones(n_select, device=device)  # refreshed at task switches only (L2M)
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
@@ -225,7 +226,9 @@ class L2M(Agent):
         if key_loss is not None:
             loss = loss + key_loss
             stats["key_loss"] = key_loss.detach()
-            self.counts += torch.bincount(idx.flatten(), minlength=self.counts.numel()).float()
+            selected = torch.bincount(idx.flatten(), minlength=self.counts.numel()).float()
+            self.counts += selected
+            self.usage[self.task_index] += selected
         if self.fisher is not None:
             penalty = sum((f * (p - a) ** 2).sum() for f, p, a in zip(self.fisher, self.backbone.parameters(), self.anchor))
             loss = loss + self.cfg.ewc_lambda / 2 * penalty
@@ -329,7 +332,7 @@ class L2M(Agent):
             "pool": None if self.pool is None else self.pool.state_dict(),
             "keys": None if self.keys is None else self.keys.detach().cpu(),
             "prompts": None if self.prompts is None else self.prompts.state_dict(),
-            "counts": self.counts.cpu(), "inv_counts": self.inv_counts.cpu(),
+            "counts": self.counts.cpu(), "inv_counts": self.inv_counts.cpu(), "usage": self.usage.cpu(),
             "optimizer": self.optimizer.state_dict(),
             "fisher": self.fisher, "anchor": self.anchor,
             "task_index": self.task_index, "gradient_steps": self.gradient_steps,
@@ -349,6 +352,7 @@ class L2M(Agent):
         # The reference code drops these two on resume (reference/l2m.md pitfall 2); crl restores them.
         self.counts = state["counts"].to(self.device)
         self.inv_counts = state["inv_counts"].to(self.device)
+        self.usage = state["usage"].to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         to_device = (lambda ts: None if ts is None else [t.to(self.device) for t in ts])
         self.fisher, self.anchor = to_device(state["fisher"]), to_device(state["anchor"])

@@ -76,6 +76,7 @@ class DTConfig:
 
 
 DT_SIZES = {
+    "tiny": DTConfig(n_layers=1, n_heads=2, d_model=32),  # tests and smoke runs only
     "small": DTConfig(),
     "paper": DTConfig(n_layers=6, n_heads=12, d_model=768),  # L2M's dt_mediumplus_64
 }

@@ -99,6 +99,16 @@ def hf_update_fn(cfg, args, S, A):
     return model, update, model.config._attn_implementation
 
 
+def matmul_gflops(n: int = 512, reps: int = 20) -> float:
+    """fp32 n³ matmul rate now, on the benchmark's threads: tells how contended the CPU is."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def time_updates(update, batches, n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
@@ -147,6 +157,7 @@ def main(argv=None) -> None:
           f"(+ state/return heads computed); GPT-2 wpe positions + timestep embedding; fused c_attn; "
           f"attn_implementation={hf_attn}")
 
+    probe = [matmul_gflops()]
     for _ in range(args.warmup):
         crl_update(batches[0])
         hf_update(batches[0])
@@ -155,6 +166,9 @@ def main(argv=None) -> None:
         crl_rates.append(time_updates(crl_update, batches, args.steps))
         hf_rates.append(time_updates(hf_update, batches, args.steps))
         print(f"round {r}: crl {crl_rates[-1]:.2f}  hf {hf_rates[-1]:.2f} updates/s")
+    probe.append(matmul_gflops())
+    print(f"fp32 512^3 matmul probe before/after: {probe[0]:.0f} / {probe[1]:.0f} GFLOP/s on {args.threads} "
+          f"thread(s) (an idle 2-core EPYC runs ~105 per thread; lower means the CPU is shared)")
     crl_rate, hf_rate = statistics.median(crl_rates), statistics.median(hf_rates)
     print(f"crl DecisionTransformer: {crl_rate:.2f} updates/s ({1e3 / crl_rate:.1f} ms/update)")
     print(f"hf  DecisionTransformerModel: {hf_rate:.2f} updates/s ({1e3 / hf_rate:.1f} ms/update)")

@@ -318,3 +318,13 @@ def test_cli_list_and_collect(push_dir, tmp_path, capsys) -> None:
     for bad in (["--tasks", "nope-v3"], ["--noise", "0.1,x"], ["--episodes", "0"], ["--backend", "gpu"]):
         with pytest.raises(UsageError):
             run_data_command(parser().parse_args(["data", "collect", "--data-dir", str(tmp_path), *bad]))
+
+
+def test_auto_backend_avoids_envpool_where_its_port_differs() -> None:
+    from crl.envs.data import collection_backend
+    from crl.envs.metaworld import envpool_available
+
+    assert collection_backend("dial-turn-v3", "auto") == "gymnasium"
+    assert collection_backend("dial-turn-v3", "gymnasium") == "gymnasium"
+    assert collection_backend("dial-turn-v3", "envpool") == "envpool"  # explicit choice honoured
+    assert collection_backend("push-v3", "auto") == ("envpool" if envpool_available() else "gymnasium")

@@ -1,0 +1,99 @@
+"""L2M on a tiny pre-trained backbone: frozen weights stay frozen, retrieval finds each task's modules,
+checkpoints keep the pool and its usage counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crl import checkpoint
+from crl.config import build_config
+from crl.envs import make_sequence
+from crl.loop import make_agent, train
+from crl.pretrain import load_backbone, backbone_path
+
+
+def l2m_config(agent: str, data_dir, *sets: str):
+    return build_config("cw2", agent, preset="smoke", backend="gymnasium",
+                        sets=[f"agent.data_dir={data_dir}", *sets])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("crl_data")
+
+
+@pytest.fixture(scope="module")
+def l2m_run(data_dir, tmp_path_factory):
+    # Large enough steps for the key loss to pull each task's keys to its queries.
+    cfg = l2m_config("l2m", data_dir, "agent.lr=3e-3", "train.steps_per_task=60", "train.eval_every=30")
+    run_dir = tmp_path_factory.mktemp("runs") / "l2m"
+    _, results = train(cfg, run_dir, quiet=True)
+    return cfg, run_dir, results
+
+
+def test_run_writes_results_and_pretraining_retention(l2m_run):
+    _, _, results = l2m_run
+    assert results["finished"] and np.array(results["retention_matrix"], dtype=float).shape == (2, 2)
+    retention = results["retention_tasks"]
+    assert set(retention) == {"before", "after"} and list(retention["before"]) == ["reach-v3"]
+
+
+def test_frozen_backbone_stays_bit_identical(l2m_run):
+    cfg, run_dir, _ = l2m_run
+    from crl.agents.l2m import L2M
+
+    agent_cfg = cfg.agent_config
+    pretrained, _ = load_backbone(backbone_path(L2M(39, 4, 2, agent_cfg, torch.device("cpu")).pretrain_cfg,
+                                                agent_cfg.data_dir), torch.device("cpu"))
+    trained = checkpoint.load(run_dir)["agent"]["backbone"]
+    for name, tensor in pretrained.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+    pool = checkpoint.load(run_dir)["agent"]["pool"]
+    assert any(t.abs().sum() > 0 for k, t in pool.items() if k.startswith("B_"))  # the modules did learn
+
+
+def test_retrieval_picks_the_modules_trained_for_each_task(l2m_run, data_dir):
+    cfg, run_dir, _ = l2m_run
+    sequence = make_sequence("cw2")
+    agent = make_agent(cfg, sequence, torch.device("cpu"))
+    agent.load_state_dict(checkpoint.load(run_dir)["agent"])
+    from crl.envs.data import WindowSampler, load_task
+
+    assert torch.all(agent.usage.sum(1) > 0)
+    for task in sequence.tasks:
+        batch = WindowSampler([load_task(task.name, data_dir)], agent.dt_cfg.context, torch.device("cpu"), seed=5).sample(64)
+        chosen = agent.selected_module(batch["states"], batch["timesteps"], batch["mask"])
+        own = agent.usage[task.index, chosen] > 0  # retrieved module was trained on this task
+        assert own.float().mean() > 0.9, (task.name, chosen.tolist(), agent.usage.tolist())
+
+
+def test_checkpoint_restores_pool_and_usage_counts(l2m_run):
+    cfg, run_dir, _ = l2m_run
+    saved = checkpoint.load(run_dir)["agent"]
+    agent = make_agent(cfg, make_sequence("cw2"), torch.device("cpu"))
+    assert agent.counts.sum() == 0
+    agent.load_state_dict(saved)
+    assert agent.counts.sum() > 0 and torch.equal(agent.counts, saved["counts"])
+    assert torch.equal(agent.inv_counts, saved["inv_counts"]) and torch.equal(agent.usage, saved["usage"])
+    assert torch.equal(agent.keys.detach(), saved["keys"])
+    for name, tensor in agent.pool.state_dict().items():
+        assert torch.equal(tensor, saved["pool"][name])
+
+
+@pytest.mark.parametrize("agent_name", ["l2m-oracle", "l2m-lora", "l2m-l2p", "l2m-ft", "l2m-ewc", "l2m-l2"])
+def test_baselines_run(agent_name, data_dir, tmp_path):
+    cfg = l2m_config(agent_name, data_dir, "train.eval_episodes=1", "agent.retention_tasks=0",
+                     "train.steps_per_task=4", "train.eval_every=4")
+    _, results = train(cfg, tmp_path / agent_name, quiet=True)
+    assert results["finished"] and "average_performance" in results["metrics"]
+
+
+def test_full_finetuning_moves_the_backbone(data_dir, tmp_path):
+    cfg = l2m_config("l2m-ft", data_dir, "train.eval_episodes=1", "agent.retention_tasks=0", "agent.lr=1e-3",
+                     "train.steps_per_task=4", "train.eval_every=4")
+    run_dir, _ = train(cfg, tmp_path / "ft", quiet=True)
+    agent = make_agent(cfg, make_sequence("cw2"), torch.device("cpu"))
+    trained = checkpoint.load(run_dir)["agent"]["backbone"]
+    assert any(not torch.equal(t, trained[k]) for k, t in agent.backbone.state_dict().items())

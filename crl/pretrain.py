@@ -109,6 +109,10 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
+        if bar.disable and progress and len(losses) % max(1, cfg.updates // 10) == 0:
+            done, elapsed = len(losses), time.perf_counter() - started
+            log(f"  {done}/{cfg.updates} updates, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
+                f"{done / elapsed:.1f} updates/s, about {(cfg.updates - done) * elapsed / done / 60:.1f} min left")
     seconds = time.perf_counter() - started
     path = backbone_path(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -97,8 +97,9 @@ def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     m = results.get("metrics", {})
     keys = ("average_performance", "forgetting", "forward_transfer", "gem_acc", "gem_bwt", "avg_min_acc", "wc_acc")
     print("  " + "  ".join(f"{k}={m[k]:.3f}" for k in keys if isinstance(m.get(k), float)))
-    if results.get("env_steps_per_s"):
-        print(f"  {results['env_steps']:,} env steps in {results['wall_time_s']:.0f}s ({results['env_steps_per_s']:.0f} steps/s)")
+    if results.get("steps_per_s"):
+        unit = results.get("step_unit", "env step")
+        print(f"  {results['steps']:,} {unit}s in {results['wall_time_s']:.0f}s ({results['steps_per_s']:.1f} {unit}s/s)")
 
 
 def cmd_train(args) -> None:

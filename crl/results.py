@@ -151,13 +151,14 @@ def write_plots(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     plot_curves(Path(run_dir) / CURVES_FILE, rows, sequence.labels, cfg.train.steps_per_task, title)
 
 
-def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[str, Any]:
+def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state, step_unit: str = "env step") -> dict[str, Any]:
     out = summarize(state.evals, sequence, cfg, run_dir)
     out.update({
+        "step_unit": step_unit,  # what "step" counts in evals.jsonl and TensorBoard
         "finished": state.task >= len(sequence),
-        "env_steps": state.global_step,
+        "steps": state.global_step,
         "wall_time_s": round(state.wall_time, 2),
-        "env_steps_per_s": round(state.global_step / state.wall_time, 2) if state.wall_time else None,
+        "steps_per_s": round(state.global_step / state.wall_time, 2) if state.wall_time else None,
         "evaluations": state.eval_id,
         "retention_tasks": state.retention or None,
         "segments": state.segments,

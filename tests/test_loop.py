@@ -49,7 +49,7 @@ def test_outputs_of_a_finished_run(finished_run):
     assert R.shape == (2, 2) and np.all((R >= 0) & (R <= 1))
     for key in ("average_performance", "forgetting", "gem_acc", "gem_bwt", "gem_fwt", "avg_min_acc", "wc_acc", "wf_10"):
         assert key in saved["metrics"], key
-    assert saved["env_steps"] == 800 and saved["versions"]["metaworld"].startswith("3.")
+    assert saved["steps"] == 800 and saved["versions"]["metaworld"].startswith("3.")
     # evaluation before training, then every 200 steps; every evaluation covers every task
     rows = read_evals(run_dir)
     steps = sorted({(r["eval_id"], r["step"], r["active_task"]) for r in rows})

@@ -230,8 +230,7 @@ class ContinualLoop:
             self.evaluator.close()
         from crl.results import finalize
 
-        unit = "gradient step" if self.agent.learns_from == "dataset" else "env step"
-        return finalize(self.run_dir, self.cfg, self.sequence, st, step_unit=unit)
+        return finalize(self.run_dir, self.cfg, self.sequence, st)
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, *, quiet: bool = False) -> tuple[Path, dict[str, Any]]:

@@ -65,9 +65,13 @@ def find_references(run_dir: Path, agent: str, steps_per_task: int) -> tuple[dic
 
 def summarize(rows: list[dict[str, Any]], sequence: Sequence, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     h = metrics.EvalHistory.from_rows(rows, len(sequence))
+    from crl.agents import agent_class
+
+    offline = agent_class(cfg.agent).learns_from == "dataset"
     out: dict[str, Any] = {
         "sequence": sequence.name, "agent": cfg.agent, "seed": cfg.seed, "tasks": sequence.labels,
         "steps_per_task": cfg.train.steps_per_task,
+        "step_unit": "gradient step" if offline else "env step",  # what "step" counts in evals and TensorBoard
     }
     if cfg.reference:
         out["kind"] = "reference"
@@ -115,7 +119,8 @@ def plot_retention(path: Path, R: list, labels: list[str], title: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(path: Path, rows: list[dict[str, Any]], labels: list[str], steps_per_task: int, title: str) -> None:
+def plot_curves(path: Path, rows: list[dict[str, Any]], labels: list[str], steps_per_task: int, title: str,
+                step_unit: str = "env step") -> None:
     """Every task's score over the whole run (one line per task), task windows shaded: what was
     learned when, and what was lost afterwards."""
     import matplotlib
@@ -133,7 +138,7 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], labels: list[str], steps
         if series:
             xs, ys = zip(*series)
             ax.plot(xs, ys, label=label, color=cmap(i % cmap.N), lw=1.4)
-    ax.set_xlabel("env step")
+    ax.set_xlabel(step_unit)
     ax.set_ylabel("score")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(title, fontsize=9)
@@ -148,13 +153,13 @@ def write_plots(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
     title = f"{sequence.name} · {cfg.agent} · seed {cfg.seed}"
     if "retention_matrix" in summary:
         plot_retention(Path(run_dir) / PLOT_FILE, summary["retention_matrix"], sequence.labels, title)
-    plot_curves(Path(run_dir) / CURVES_FILE, rows, sequence.labels, cfg.train.steps_per_task, title)
+    plot_curves(Path(run_dir) / CURVES_FILE, rows, sequence.labels, cfg.train.steps_per_task, title,
+                summary.get("step_unit", "env step"))
 
 
-def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state, step_unit: str = "env step") -> dict[str, Any]:
+def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[str, Any]:
     out = summarize(state.evals, sequence, cfg, run_dir)
     out.update({
-        "step_unit": step_unit,  # what "step" counts in evals.jsonl and TensorBoard
         "finished": state.task >= len(sequence),
         "steps": state.global_step,
         "wall_time_s": round(state.wall_time, 2),

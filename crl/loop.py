@@ -129,9 +129,7 @@ class ContinualLoop:
         tasks = self.agent.retention_tasks()
         if not tasks or when in self.state.retention:
             return
-        from crl.core import Sequence as TaskSequence
-
-        extra = TaskSequence(name="retention", tasks=tuple(tasks), steps_per_task=0)
+        extra = Sequence(name="retention", tasks=tuple(tasks), steps_per_task=0)
         evaluator = Evaluator(extra, self.cfg.train.eval_episodes, self.cfg.seed + 17, self.cfg.backend, self.device,
                               deterministic=self.cfg.train.eval_deterministic)
         try:

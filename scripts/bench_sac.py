@@ -38,7 +38,6 @@ import time
 
 START = time.perf_counter()
 
-import numpy as np
 import torch
 
 from crl.core import Transitions

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
 from crl.dt import DT_SIZES, DecisionTransformer, DTConfig

@@ -27,10 +27,6 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-DOMAINS = ("metaworld", "dmc", "gridworld")
-SCORES = ("success", "return")
-
-
 @dataclass(frozen=True)
 class VecStep:
     """One batched environment step, with same-step autoreset.
@@ -189,9 +185,3 @@ class Agent(abc.ABC):
 
 class UsageError(Exception):
     """Bad user input: the CLI prints the message as one line and exits with code 2."""
-
-
-def one_hot(index: int, n: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    out = torch.zeros(batch, n, device=device)
-    out[:, index] = 1.0
-    return out

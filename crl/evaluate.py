@@ -45,6 +45,7 @@ class Evaluator:
         horizon = np.repeat([t.episode_len for t in tasks], sizes)
         done = np.zeros(total, dtype=bool)
         success = np.zeros(total, dtype=bool)
+        final_success = np.zeros(total, dtype=bool)  # the flag at the episode's last step (L2M's reading)
         returns = np.zeros(total, dtype=np.float64)
         lengths = np.zeros(total, dtype=np.int64)
         first = torch.ones(total, dtype=torch.bool, device=self.device)
@@ -64,6 +65,7 @@ class Evaluator:
                 returns[lo:hi][live] += step.reward[live]
                 lengths[lo:hi][live] += 1
                 success[lo:hi][live] |= step.success[live]
+                final_success[lo:hi][live] = step.success[live]
                 ended[lo:hi] = step.terminated | step.truncated
                 obs[lo:hi] = step.obs
                 step_reward[lo:hi] = step.reward
@@ -78,6 +80,7 @@ class Evaluator:
             scores = success[sl].astype(np.float64) if task.score == "success" else returns[sl] / task.return_scale
             results.append({
                 "task_index": task.index, "score": float(scores.mean()), "success": float(success[sl].mean()),
+                "success_final": float(final_success[sl].mean()),
                 "return": float(returns[sl].mean()), "episode_length": float(lengths[sl].mean()),
                 "episodes": sizes[k],
             })

@@ -96,6 +96,8 @@ class Monitor:
             self._evals.write(json.dumps(row) + "\n")
             self.writer.add_scalar(f"eval/{row['task']}/success", row["success"], step)
             self.writer.add_scalar(f"eval/{row['task']}/return", row["return"], step)
+            if "success_final" in row:
+                self.writer.add_scalar(f"eval/{row['task']}/success_final", row["success_final"], step)
             if row["score"] != row["success"]:
                 self.writer.add_scalar(f"eval/{row['task']}/score", row["score"], step)
         self._evals.flush()

@@ -55,6 +55,7 @@ def test_outputs_of_a_finished_run(finished_run):
     steps = sorted({(r["eval_id"], r["step"], r["active_task"]) for r in rows})
     assert steps == [(0, 0, -1), (1, 200, 0), (2, 400, 0), (3, 600, 1), (4, 800, 1)]
     assert all(sum(r["eval_id"] == e for r in rows) == 2 for e in range(5))
+    assert all(0 <= r["success_final"] <= r["success"] <= 1 for r in rows)  # last-step flag implies any-step
     # the retention matrix is the end-of-task rows
     end_a = {r["task_index"]: r["score"] for r in rows if r["eval_id"] == 2}
     assert R[0].tolist() == [end_a[0], end_a[1]]

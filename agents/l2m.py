@@ -145,11 +145,10 @@ class L2M(Agent):
     # -- data ------------------------------------------------------------------------------------
 
     def _dataset(self, task_name: str):
-        from crl.envs.data import CollectConfig, collect, load_task
+        from crl.envs.data import MANIFEST, CollectConfig, collect, load_task, task_dir
 
         if task_name not in self.datasets:
-            path = self.data_dir / "metaworld" / task_name
-            if not (path / "manifest.json").exists():
+            if not (task_dir(task_name, self.data_dir) / MANIFEST).exists():
                 _log(f"collecting {self.cfg.task_episodes} expert episodes of {task_name} into {self.data_dir}")
                 collect([task_name], CollectConfig(episodes=self.cfg.task_episodes, seed=self.cfg.seed), self.data_dir,
                         progress=False)

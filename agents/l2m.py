@@ -179,12 +179,11 @@ class L2M(Agent):
     def observe(self, batch: Transitions) -> None:
         raise RuntimeError("L2M learns from datasets; the loop never calls observe for it")
 
-    def _query(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _query(state_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L2M's query: the masked mean of the embedded state tokens of the context (frozen embeddings)."""
-        with torch.no_grad():
-            emb = self.backbone.state_embeddings(states, timesteps)
         m = mask.unsqueeze(-1).float()
-        return (emb * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return (state_tokens.detach() * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def _select(self, query: torch.Tensor, task_index: int | torch.Tensor, train: bool):
         """Top-1 module per row: (indices (B,), cosine similarity with the selected key (B,), with grad)."""
@@ -200,26 +199,30 @@ class L2M(Agent):
         idx = score.argmax(-1)
         return idx, sim.gather(1, idx[:, None]).squeeze(1)
 
-    def _modulation(self, states, timesteps, mask, task_index, train: bool):
-        """(modulation, prefix, key-loss term, selected indices) for a batch."""
+    def _forward(self, states, actions, returns_to_go, timesteps, mask, task_index, train: bool):
+        """Embed once, select modules or prompts from the embedded state tokens, run the trunk.
+
+        Returns (logits, key-loss term or None, selected indices or None)."""
+        tokens = self.backbone.embed(states, actions, returns_to_go, timesteps)
+        mod = prefix = key_loss = idx = None
         if self.method == "lora":
-            return self.pool.bind(0), None, None, None
-        if self.method in ("l2m", "l2m-oracle"):
-            idx, sim = self._select(self._query(states, timesteps, mask), task_index, train)
-            return self.pool.bind(idx), None, -self.cfg.key_loss_coef * sim.mean(), idx
-        if self.method == "l2p":
-            sim = self.prompts.similarity(self._query(states, timesteps, mask))
+            mod = self.pool.bind(0)
+        elif self.method in ("l2m", "l2m-oracle"):
+            idx, sim = self._select(self._query(tokens[:, 1::3], mask), task_index, train)
+            mod, key_loss = self.pool.bind(idx), -self.cfg.key_loss_coef * sim.mean()
+        elif self.method == "l2p":
+            sim = self.prompts.similarity(self._query(tokens[:, 1::3], mask))
             score = (sim.detach() + 1) / 2 * self.inv_counts if train and self.task_index > 0 else sim
             idx = score.topk(self.cfg.prompt_top_k, dim=-1).indices
-            return None, self.prompts.prefix(idx), -self.cfg.key_loss_coef * sim.gather(1, idx).mean(), idx
-        return None, None, None, None
+            prefix, key_loss = self.prompts.prefix(idx), -self.cfg.key_loss_coef * sim.gather(1, idx).mean()
+        hidden = self.backbone.forward_tokens(tokens, mask, modulation=mod, prefix=prefix)
+        return self.backbone.logits(hidden), key_loss, idx
 
     def update(self) -> dict[str, float]:
         b = self.sampler.sample(self.cfg.batch_size)
         self.backbone.train()
-        mod, prefix, key_loss, idx = self._modulation(b["states"], b["timesteps"], b["mask"], self.task_index, True)
-        logits = self.backbone(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"],
-                               modulation=mod, prefix=prefix)
+        logits, key_loss, idx = self._forward(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"],
+                                              self.task_index, train=True)
         loss = self.backbone.loss(logits, b["actions"], b["mask"])
         stats = {"action_loss": loss.detach()}
         if key_loss is not None:
@@ -297,8 +300,7 @@ class L2M(Agent):
         c["timesteps"][:, -1] = c["t"].clamp_max(self.dt_cfg.max_timestep - 1)
         c["mask"][:, -1] = True
         self.backbone.eval()
-        mod, prefix, _, _ = self._modulation(c["states"], c["timesteps"], c["mask"], task_index, False)
-        logits = self.backbone(c["states"], c["actions"], c["rtg"], c["timesteps"], c["mask"], modulation=mod, prefix=prefix)
+        logits, _, _ = self._forward(c["states"], c["actions"], c["rtg"], c["timesteps"], c["mask"], task_index, train=False)
         action = self.backbone.undiscretize(logits[:, -1].argmax(-1))[:, : self.act_dim]
         c["actions"][:, -1] = action
         return action
@@ -321,7 +323,9 @@ class L2M(Agent):
 
     def selected_module(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Task-agnostic top-1 module per row (evaluation-time retrieval), for inspection and tests."""
-        return self._select(self._query(states, timesteps, mask), 0, train=False)[0]
+        with torch.no_grad():
+            state_tokens = self.backbone.state_embeddings(states, timesteps)
+        return self._select(self._query(state_tokens, mask), 0, train=False)[0]
 
     # -- checkpoints -----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crl.core import Agent, Task, Transitions
-from crl.nets import MultiHead, cw_mlp
+from crl.nets import EnsembleCWMLP, MultiHead, cw_mlp
 from crl.replay import ReplayBuffer
 
 
@@ -51,23 +51,31 @@ class SACConfig:
     reset_buffer_on_task: bool = True  # CW default; "perfect memory" keeps it
     reset_optimizer_on_task: bool = True  # zero Adam moments, keep its step counter (CW)
     reset_critic_on_task: bool = False
+    reservoir_buffer: bool = False  # reservoir sampling once full instead of FIFO (perfect memory)
+    clip_grad_norm: float | None = None  # clip actor, critic and α gradients to this global norm (CW: none)
 
 
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy with one (μ, log σ) head per task position."""
+    """Tanh-squashed Gaussian policy with one (μ, log σ) head per task position.
+
+    μ and log σ of a head come from one linear map (2·act_dim outputs): one matmul instead of two.
+    """
 
     def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
         super().__init__()
+        self.act_dim = act_dim
         self.body = cw_mlp(in_dim, cfg.hidden_sizes)
-        self.mu = MultiHead(cfg.hidden_sizes[-1], act_dim, num_heads)
-        self.log_std = MultiHead(cfg.hidden_sizes[-1], act_dim, num_heads)
+        self.head = MultiHead(cfg.hidden_sizes[-1], 2 * act_dim, num_heads)
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
 
-    def forward(self, x: torch.Tensor, head: torch.Tensor, deterministic: bool = False):
+    def distribution(self, x: torch.Tensor, head: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ) of the pre-tanh Gaussian, log σ clipped to [log_std_min, log_std_max]."""
+        mu, log_std = self.head(self.body(x), head).split(self.act_dim, -1)
+        return mu, log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def forward(self, x: torch.Tensor, head: int | torch.Tensor, deterministic: bool = False):
         """Returns (action in [−1, 1], log-probability of it)."""
-        h = self.body(x)
-        mu = self.mu(h, head)
-        log_std = self.log_std(h, head).clamp(self.log_std_min, self.log_std_max)
+        mu, log_std = self.distribution(x, head)
         std = log_std.exp()
         u = mu if deterministic else mu + std * torch.randn_like(mu)
         # Gaussian log-density of u, then the tanh change of variables in its stable form
@@ -77,18 +85,31 @@ class Actor(nn.Module):
         return torch.tanh(u), logp
 
 
-class Critic(nn.Module):
+class TwinCritic(nn.Module):
+    """SAC's two Q-networks (CW bodies, one output head per task) as one two-member ensemble."""
+
     def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
         super().__init__()
-        self.body = cw_mlp(in_dim + act_dim, cfg.hidden_sizes)
-        self.head = MultiHead(cfg.hidden_sizes[-1], 1, num_heads)
+        self.net = EnsembleCWMLP(2, in_dim + act_dim, cfg.hidden_sizes, 1, num_heads)
 
-    def forward(self, x: torch.Tensor, action: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(torch.cat([x, action], -1)), head).squeeze(-1)
+    def forward(self, x: torch.Tensor, action: torch.Tensor, head: int | torch.Tensor, *,
+                detach_params: bool = False) -> torch.Tensor:
+        """(2, n) Q-values: row 0 from the first critic, row 1 from the second."""
+        return self.net(torch.cat([x, action], -1), head, detach_params=detach_params).squeeze(-1)
 
 
 class SAC(Agent):
-    """Continual World's SAC; ``observe``/``update`` are called by crl/loop.py after every vector step."""
+    """Continual World's SAC; ``observe``/``update`` are called by crl/loop.py after every vector step.
+
+    The continual methods (agents/l2.py, ewc.py, packnet.py, clonex.py, ...) subclass it and fill in
+    the hooks below, each with a shared piece from crl/continual.py; the update itself is written once:
+
+    - ``_sample_batch()``: the batch of a gradient step (memories add rows of earlier tasks);
+    - ``_auxiliary_loss(batch)``: a loss added to SAC's (regularisers, cloning, distillation);
+    - ``_adjust_gradients(batch)``: gradient surgery before the optimiser step (A-GEM, PackNet);
+    - ``_explore_actions(obs)``: actions of the warm-up phase (uniform; ClonEx: best earlier policy);
+    - ``_policy_actions(obs, task_index, deterministic)``: the policy (PackNet: per-task weights).
+    """
 
     learns_from = "env"
     config_class = SACConfig
@@ -97,17 +118,16 @@ class SAC(Agent):
         self.cfg, self.device = config, device
         self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
         self.num_heads = num_tasks if config.multihead else 1
-        in_dim = obs_dim if config.hide_task_id else obs_dim + num_tasks
-        self.actor = Actor(in_dim, act_dim, self.num_heads, config).to(device)
-        self.critics = nn.ModuleList([Critic(in_dim, act_dim, self.num_heads, config) for _ in range(2)]).to(device)
-        self.targets = nn.ModuleList([Critic(in_dim, act_dim, self.num_heads, config) for _ in range(2)]).to(device)
+        self.actor = Actor(self._in_dim, act_dim, self.num_heads, config).to(device)
+        self.critics = TwinCritic(self._in_dim, act_dim, self.num_heads, config).to(device)
+        self.targets = TwinCritic(self._in_dim, act_dim, self.num_heads, config).to(device)
         self.targets.load_state_dict(self.critics.state_dict())
         self.targets.requires_grad_(False)
         self._online_params, self._target_params = list(self.critics.parameters()), list(self.targets.parameters())
         self.log_alpha = nn.Parameter(torch.full((self.num_heads,), config.log_alpha_init, device=device))
         self.target_entropy = act_dim * math.log(config.target_output_std * math.sqrt(2 * math.pi * math.e))
         self.optimizer = self._make_optimizer()
-        self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, device)
+        self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, device, reservoir=config.reservoir_buffer)
         self.task_index = 0
         self.task_steps = 0  # transitions observed in the current task
         self.pending_updates = 0.0  # gradient steps owed by the replay-ratio schedule
@@ -120,7 +140,7 @@ class SAC(Agent):
         if self.cfg.reset_buffer_on_task:
             self.buffer.clear()
         if self.cfg.reset_critic_on_task:
-            fresh = nn.ModuleList([Critic(self._in_dim, self.act_dim, self.num_heads, self.cfg) for _ in range(2)])
+            fresh = TwinCritic(self._in_dim, self.act_dim, self.num_heads, self.cfg).to(self.device)
             self.critics.load_state_dict(fresh.state_dict())
             self.targets.load_state_dict(fresh.state_dict())
         if self.cfg.reset_optimizer_on_task:
@@ -132,10 +152,8 @@ class SAC(Agent):
     @torch.no_grad()
     def act(self, obs, task_index, *, explore, deterministic=False, first=None):
         if explore and self.task_steps < self.cfg.start_steps:
-            return torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
-        heads = self._heads(task_index)
-        action, _ = self.actor(self._body_input(obs, task_index), heads, deterministic=deterministic and not explore)
-        return action
+            return self._explore_actions(obs)
+        return self._policy_actions(obs, task_index, deterministic and not explore)
 
     def observe(self, batch: Transitions) -> None:
         self.buffer.add(batch)
@@ -150,7 +168,27 @@ class SAC(Agent):
         n_steps = int(self.pending_updates)
         self.pending_updates -= n_steps
         stats = [self._gradient_step() for _ in range(n_steps)]
-        return {k: torch.stack([s[k] for s in stats]).mean().item() for k in stats[0]}
+        return {k: torch.stack([s[k] for s in stats]).float().mean().item() for k in stats[0]}
+
+    # -- hooks for the continual methods ---------------------------------------------------------
+
+    def _sample_batch(self) -> dict[str, torch.Tensor]:
+        batch = self.buffer.sample(self.cfg.batch_size)
+        batch["single_task"] = self.cfg.reset_buffer_on_task  # then every row is the current task
+        return batch
+
+    def _auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    def _adjust_gradients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _explore_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
+
+    def _policy_actions(self, obs: torch.Tensor, task_index: int | torch.Tensor, deterministic: bool) -> torch.Tensor:
+        action, _ = self.actor(self._body_input(obs, task_index), self._heads(task_index), deterministic=deterministic)
+        return action
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -171,6 +209,12 @@ class SAC(Agent):
             task_index = torch.full((obs.shape[0],), task_index, dtype=torch.long, device=obs.device)
         return torch.cat([obs, F.one_hot(task_index, self.num_tasks).float()], -1)
 
+    def _batch_task(self, batch: dict[str, torch.Tensor]) -> int | torch.Tensor:
+        """The batch's task: one int when every row is the current task, else per-row indices."""
+        # A buffer emptied at every switch holds only the current task: one head for the whole
+        # batch skips the per-row gather (+7% updates/s, scripts/bench_sac.py profiling).
+        return self.task_index if batch.get("single_task", False) else batch["task_index"]
+
     def _make_optimizer(self) -> torch.optim.Adam:
         params = [*self.actor.parameters(), *self.critics.parameters(), self.log_alpha]
         # One fused Adam over everything: fewer optimizer kernels is the main CPU lever
@@ -183,41 +227,53 @@ class SAC(Agent):
             state["exp_avg"].zero_()
             state["exp_avg_sq"].zero_()
 
-    def _gradient_step(self) -> dict[str, torch.Tensor]:
+    def sac_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """SAC's loss on ``batch`` as one scalar whose gradient is CW's: the critic loss reaches only
+        the critics, the actor loss only the actor, the temperature loss only α; plus statistics.
+
+        CW computes each loss's gradient for its own variables, all from the same pre-update weights.
+        Here the actor loss sees the critics through detached parameters and α through a detached
+        value, so one backward pass gives exactly those gradients (one pass instead of two: faster)."""
         cfg = self.cfg
-        b = self.buffer.sample(cfg.batch_size)
-        # A buffer emptied at every switch holds only the current task: one head for the whole
-        # batch skips the per-row gather (+7% updates/s, scripts/bench_sac.py profiling).
-        task = self.task_index if cfg.reset_buffer_on_task else b["task_index"]
+        task = self._batch_task(batch)
         heads = self._heads(task)
-        x, x_next = self._body_input(b["obs"], task), self._body_input(b["next_obs"], task)
+        x, x_next = self._body_input(batch["obs"], task), self._body_input(batch["next_obs"], task)
         alpha = self.log_alpha[heads].exp()
 
         with torch.no_grad():
             a_next, logp_next = self.actor(x_next, heads)
-            q_next = torch.min(self.targets[0](x_next, a_next, heads), self.targets[1](x_next, a_next, heads))
-            backup = b["reward"] + cfg.gamma * (1 - b["terminated"]) * (q_next - alpha * logp_next)
-        q1, q2 = self.critics[0](x, b["action"], heads), self.critics[1](x, b["action"], heads)
-        critic_loss = 0.5 * ((q1 - backup) ** 2).mean() + 0.5 * ((q2 - backup) ** 2).mean()
+            q_next = self.targets(x_next, a_next, heads).min(0).values
+            backup = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * (q_next - alpha * logp_next)
+        q = self.critics(x, batch["action"], heads)
+        critic_loss = 0.5 * ((q - backup) ** 2).mean(1).sum()
 
         a_pi, logp_pi = self.actor(x, heads)
-        q_pi = torch.min(self.critics[0](x, a_pi, heads), self.critics[1](x, a_pi, heads))
+        q_pi = self.critics(x, a_pi, heads, detach_params=True).min(0).values
         actor_loss = (alpha.detach() * logp_pi - q_pi).mean()
         alpha_loss = -(alpha.log() * (logp_pi + self.target_entropy).detach()).mean()
+        stats = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                 "alpha": alpha.detach().mean(), "entropy": -logp_pi.detach().mean(), "q": q[0].detach().mean()}
+        return critic_loss + actor_loss + alpha_loss, stats
 
-        # CW applies each loss only to its own variables, all from the same pre-update weights,
-        # in one optimizer step: the actor loss must not move the critics.
+    def _gradient_step(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = self._sample_batch()
+        loss, stats = self.sac_losses(batch)
+        auxiliary = self._auxiliary_loss(batch)
+        if auxiliary is not None:
+            loss = loss + auxiliary
+            stats["auxiliary_loss"] = auxiliary.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward(inputs=list(self.critics.parameters()))
-        (actor_loss + alpha_loss).backward(inputs=[*self.actor.parameters(), self.log_alpha])
+        loss.backward()
+        stats.update(self._adjust_gradients(batch))
+        if cfg.clip_grad_norm is not None:  # CW clips actor, critics and α separately
+            for group in (self.actor.parameters(), self.critics.parameters(), [self.log_alpha]):
+                nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm, foreach=True)
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._online_params, 1 - cfg.polyak)
         self.gradient_steps += 1
-        return {
-            "critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
-            "alpha": alpha.detach().mean(), "entropy": -logp_pi.detach().mean(), "q": q1.detach().mean(),
-        }
+        return stats
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -84,8 +84,8 @@ def cmd_list() -> None:
         print(f"  {name:<8} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
         print("           " + ", ".join(seq.labels))
     print("agents:")
-    for name, (_, _, desc, _) in AGENTS.items():
-        print(f"  {name:<11} {desc}")
+    for name, (_, _, _, desc, _) in AGENTS.items():
+        print(f"  {name:<15} {desc}")
     print("presets:")
     for name in available("preset"):
         desc = read_yaml(config_dir() / "preset" / f"{name}.yaml").get("description", "")

@@ -46,3 +46,54 @@ class MultiHead(nn.Module):
             return F.linear(features, self.linear.weight[rows], self.linear.bias[rows])
         out = self.linear(features).view(features.shape[0], self.num_heads, self.out_dim)
         return out[torch.arange(features.shape[0], device=features.device), head]
+
+
+class EnsembleCWMLP(nn.Module):
+    """``members`` independent Continual World bodies (see ``cw_mlp``), each with its own
+    ``MultiHead`` output, evaluated together with batched matmuls.
+
+    SAC's twin critics (and their targets) are two such members: one ``baddbmm`` per layer instead
+    of two ``Linear`` calls halves the kernel and autograd-node count of the critic, the largest
+    share of an update on CPU (scripts/bench_sac.py). Initialisation matches ``nn.Linear``
+    (U(±1/√fan_in) for weights and biases), so a member is distributed like a ``cw_mlp``.
+    """
+
+    def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, num_heads: int):
+        super().__init__()
+        self.members, self.out_dim, self.num_heads = members, out_dim, num_heads
+        sizes = [in_dim, *hidden_sizes, out_dim * num_heads]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / fan_in ** 0.5
+            self.weights.append(nn.Parameter(torch.empty(members, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(members, 1, fan_out).uniform_(-bound, bound)))
+        width = hidden_sizes[0]
+        self.norm_weight = nn.Parameter(torch.ones(members, 1, width))
+        self.norm_bias = nn.Parameter(torch.zeros(members, 1, width))
+
+    def forward(self, x: torch.Tensor, head: int | torch.Tensor, *, detach_params: bool = False) -> torch.Tensor:
+        """(members, n, out_dim) outputs for inputs ``x`` of shape (n, in_dim), shared by all members.
+
+        ``head`` selects each row's head as in ``MultiHead``. ``detach_params=True`` evaluates with
+        the parameters cut from autograd: gradients then reach only the inputs (SAC's actor loss
+        flows through the critics without moving them)."""
+        params = [*self.weights, *self.biases, self.norm_weight, self.norm_bias]
+        if detach_params:
+            params = [p.detach() for p in params]
+        n_layers = len(self.weights)
+        weights, biases, (norm_w, norm_b) = params[:n_layers], params[n_layers:2 * n_layers], params[2 * n_layers:]
+        last = n_layers - 1
+        w_out, b_out = weights[last], biases[last]
+        if isinstance(head, int) and self.num_heads > 1:
+            cols = slice(head * self.out_dim, (head + 1) * self.out_dim)
+            w_out, b_out = w_out[..., cols], b_out[..., cols]
+        h = torch.baddbmm(biases[0], x.expand(self.members, *x.shape), weights[0])
+        h = torch.tanh(F.layer_norm(h, h.shape[-1:]) * norm_w + norm_b)
+        for w, b in zip(weights[1:last], biases[1:last]):
+            h = F.leaky_relu(torch.baddbmm(b, h, w), 0.2)
+        out = torch.baddbmm(b_out, h, w_out)
+        if isinstance(head, int) or self.num_heads == 1:
+            return out
+        out = out.view(self.members, x.shape[0], self.num_heads, self.out_dim)
+        return out[:, torch.arange(x.shape[0], device=x.device), head]

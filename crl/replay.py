@@ -12,19 +12,23 @@ FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "task_index")
 
 
 class ReplayBuffer:
-    """FIFO buffer of up to ``capacity`` transitions on ``device``.
+    """FIFO buffer of up to ``capacity`` transitions on ``device``; with ``reservoir=True``, once full,
+    each new transition replaces a uniformly chosen slot with probability capacity/seen (reservoir
+    sampling: the buffer stays a uniform sample of everything seen; CW's perfect memory).
 
     Storage grows by doubling up to ``capacity`` so that a 1M-transition buffer costs memory only
     for what it holds (a task's buffer is reset at every switch in Continual World).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device):
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device, *, reservoir: bool = False):
         self.obs_dim, self.act_dim, self.capacity, self.device = obs_dim, act_dim, int(capacity), device
+        self.reservoir = reservoir
         self.clear()
 
     def clear(self) -> None:
         self.size = 0
         self.pos = 0
+        self.seen = 0  # transitions ever added (reservoir sampling)
         self._alloc = 0
         self.data: dict[str, torch.Tensor] = {}
         self._grow(min(self.capacity, 1024))
@@ -47,11 +51,28 @@ class ReplayBuffer:
         n = len(batch)
         if self.size + n > self._alloc and self._alloc < self.capacity:
             self._grow(min(self.capacity, max(2 * self._alloc, self.size + n)))
+        if self.reservoir and self.size + n > self.capacity:
+            self._add_reservoir(batch)
+            return
         idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
         for name in FIELDS:
             self.data[name][idx] = getattr(batch, name).to(self.data[name].dtype)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+        self.seen += n
+
+    def _add_reservoir(self, batch: Transitions) -> None:
+        for i in range(len(batch)):  # row by row: Algorithm R needs the running count
+            self.seen += 1
+            if self.size < self.capacity:
+                slot = self.size
+                self.size += 1
+            else:
+                slot = int(torch.randint(0, self.seen, ()))
+                if slot >= self.capacity:
+                    continue
+            for name in FIELDS:
+                self.data[name][slot] = getattr(batch, name)[i].to(self.data[name].dtype)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
@@ -59,7 +80,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "size": self.size, "pos": self.pos, "capacity": self.capacity,
+            "size": self.size, "pos": self.pos, "capacity": self.capacity, "seen": self.seen,
             "data": {k: v[: self.size].cpu() for k, v in self.data.items()},
         }
 
@@ -69,4 +90,4 @@ class ReplayBuffer:
             self._grow(min(self.capacity, max(1024, state["size"])))
             for k, v in state["data"].items():
                 self.data[k][: state["size"]] = v.to(self.device)
-        self.size, self.pos = state["size"], state["pos"]
+        self.size, self.pos, self.seen = state["size"], state["pos"], state.get("seen", state["size"])

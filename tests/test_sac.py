@@ -36,9 +36,10 @@ def test_continual_world_architecture():
     assert [type(m) for m in body[3:]] == [nn.Linear, nn.LeakyReLU] * 3
     assert all(m.out_features == 256 for m in body if isinstance(m, nn.Linear))
     assert body[0].in_features == OBS  # hide_task_id: the body never sees the one-hot
-    assert agent.actor.mu.linear.out_features == ACT * 10  # one head per position
-    assert agent.critics[0].head.linear.out_features == 10
-    assert len(agent.critics) == 2 and agent.log_alpha.shape == (10,)
+    assert agent.actor.head.linear.out_features == 2 * ACT * 10  # one (μ, log σ) head per position
+    critic = agent.critics.net  # twin critics: a two-member ensemble of CW bodies
+    assert [tuple(w.shape) for w in critic.weights] == [(2, OBS + ACT, 256)] + [(2, 256, 256)] * 3 + [(2, 256, 10)]
+    assert agent.log_alpha.shape == (10,)
     assert torch.allclose(agent.log_alpha, torch.ones(10))
     assert agent.target_entropy == pytest.approx(-4.0007, abs=1e-4)
     assert len(agent.optimizer.param_groups) == 1  # one Adam for actor, critics and α
@@ -131,5 +132,53 @@ def test_critic_learns_a_constant_reward():
     obs, act = torch.randn(32, OBS), torch.rand(32, ACT) * 2 - 1
     heads = torch.zeros(32, dtype=torch.long)
     with torch.no_grad():
-        q = agent.critics[0](obs, act, heads)
-    assert (q - 1).abs().mean() < 0.15
+        q = agent.critics(obs, act, heads)
+    assert q.shape == (2, 32) and (q - 1).abs().mean() < 0.15
+
+
+def test_ensemble_member_equals_a_cw_mlp_with_its_weights():
+    """Each critic of the twin ensemble computes exactly a CW body + MultiHead with the same weights."""
+    from crl.nets import EnsembleCWMLP, cw_mlp
+
+    torch.manual_seed(0)
+    ens = EnsembleCWMLP(2, 7, (16, 16, 16), 3, 4)
+    x, rows = torch.randn(5, 7), torch.tensor([0, 3, 1, 1, 2])
+    for m in range(2):
+        body, head = cw_mlp(7, (16, 16, 16)), MultiHead(16, 3, 4)
+        linears = [layer for layer in body if isinstance(layer, nn.Linear)] + [head.linear]
+        with torch.no_grad():
+            for lin, w, b in zip(linears, ens.weights, ens.biases):
+                lin.weight.copy_(w[m].T)
+                lin.bias.copy_(b[m, 0])
+            body[1].weight.copy_(ens.norm_weight[m, 0])
+            body[1].bias.copy_(ens.norm_bias[m, 0])
+        assert torch.allclose(ens(x, 2)[m], head(body(x), 2), atol=1e-5)
+        assert torch.allclose(ens(x, rows)[m], head(body(x), rows), atol=1e-5)
+
+
+def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
+    """One backward of SAC's combined loss equals CW's per-loss gradients: critics from the critic
+    loss alone, actor from the actor loss alone (critics fixed), α from the temperature loss."""
+    agent = make_agent()
+    agent.observe(batch(64, 0))
+    b = agent._sample_batch()
+    torch.manual_seed(5)
+    loss, _ = agent.sac_losses(b)
+    critic_params, actor_params = list(agent.critics.parameters()), list(agent.actor.parameters())
+    combined = torch.autograd.grad(loss, critic_params + actor_params + [agent.log_alpha])
+
+    torch.manual_seed(5)  # same noise draws, in the same order: a' for the backup, then a ~ π
+    alpha = agent.log_alpha[0].exp()
+    with torch.no_grad():
+        a_next, logp_next = agent.actor(b["next_obs"], 0)
+        q_next = agent.targets(b["next_obs"], a_next, 0).min(0).values
+        backup = b["reward"] + 0.99 * (1 - b["terminated"]) * (q_next - alpha * logp_next)
+    q = agent.critics(b["obs"], b["action"], 0)
+    critic_loss = 0.5 * ((q[0] - backup) ** 2).mean() + 0.5 * ((q[1] - backup) ** 2).mean()
+    a_pi, logp_pi = agent.actor(b["obs"], 0)
+    actor_loss = (alpha.detach() * logp_pi - agent.critics(b["obs"], a_pi, 0).min(0).values).mean()
+    alpha_loss = -(agent.log_alpha[0] * (logp_pi + agent.target_entropy).detach()).mean()
+    expected = (torch.autograd.grad(critic_loss, critic_params) + torch.autograd.grad(actor_loss, actor_params)
+                + torch.autograd.grad(alpha_loss, [agent.log_alpha]))
+    for got, want in zip(combined, expected):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,219 @@
+"""Continual-learning pieces that compose with a base learner: parameter regularisers (L2, EWC,
+MAS), PackNet's per-task weight ownership, A-GEM's gradient projection, a per-task episodic memory
+and the Gaussian KL used for cloning and distillation.
+
+They follow Continual World's implementations (``awarelab/continual_world``, continualworld/methods/;
+reference/continual-world.md) and know nothing about SAC: each takes parameters, tensors or a
+policy with a ``distribution(x, head) -> (μ, log σ)`` method, so the agents in agents/ (and any
+other learner) assemble them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+
+# -- quadratic parameter regularisers (CW's Regularization_SAC) ------------------------------------
+
+class ParameterRegularizer:
+    """Penalty coef · Σ_i w_i (θ_i − θ*_i)² over named parameters.
+
+    ``consolidate(importance)`` is called at the end of a task: the anchors θ* become the current
+    parameters and the task's importance is added to the weights w (CW sums importances over tasks,
+    L2's too, whose importance is 1 per task). Before the first consolidation there is no penalty.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], coef: float):
+        self.params, self.coef = params, coef
+        self.anchors = {n: p.detach().clone() for n, p in params.items()}
+        self.weights = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.consolidations = 0
+
+    def consolidate(self, importance: dict[str, torch.Tensor]) -> None:
+        for name, p in self.params.items():
+            self.anchors[name] = p.detach().clone()
+            self.weights[name] += importance[name].detach()
+        self.consolidations += 1
+
+    def penalty(self) -> torch.Tensor | None:
+        if not self.consolidations:
+            return None
+        total = sum(((p - self.anchors[n]) ** 2 * self.weights[n]).sum() for n, p in self.params.items())
+        return self.coef * total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"anchors": self.anchors, "weights": self.weights, "consolidations": self.consolidations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = next(iter(self.params.values())).device
+        self.anchors = {n: t.to(device) for n, t in state["anchors"].items()}
+        self.weights = {n: t.to(device) for n, t in state["weights"].items()}
+        self.consolidations = state["consolidations"]
+
+
+class _Distribution(nn.Module):
+    """Routes ``functional_call`` to a policy's ``distribution`` method."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, x: torch.Tensor, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy.distribution(x, head)
+
+
+def _per_sample_jacobians(policy: nn.Module, names: list[str], obs: torch.Tensor, head: int,
+                          output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk: int):
+    """Yields ({name: (chunk, *output_shape, *param_shape)}, σ of shape (chunk, act_dim)): Jacobians
+    of ``output(μ, log σ)`` of single samples w.r.t. the named parameters, ``chunk`` samples at a
+    time (a 256-sample Jacobian of a 4×256 body would not fit in memory at once)."""
+    view = _Distribution(policy)
+    fixed = {f"policy.{n}": p.detach() for n, p in policy.named_parameters() if n not in names}
+
+    def single(chosen: dict[str, torch.Tensor], x: torch.Tensor):
+        params = {**fixed, **{f"policy.{n}": p for n, p in chosen.items()}}
+        mu, log_std = functional_call(view, params, (x.unsqueeze(0), head))
+        return output(mu[0], log_std[0]), log_std[0].exp().detach()
+
+    jacobian = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))
+    chosen = {n: p.detach() for n, p in policy.named_parameters() if n in names}
+    for start in range(0, obs.shape[0], chunk):
+        yield jacobian(chosen, obs[start:start + chunk])
+
+
+def l2_importance(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """L2 (CW's L2_SAC): every parameter equally important."""
+    return {n: torch.ones_like(p) for n, p in params.items()}
+
+
+def ewc_importance(policy: nn.Module, names: list[str], obs: torch.Tensor, head: int,
+                   chunk: int = 32) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of a Gaussian policy, as CW's EWC_SAC (Kirkpatrick et al. 2017): per sample
+    and action dimension (∂μ² + 2 ∂σ²) / (σ² + 1e-6), summed over dimensions, clipped below at 1e-5,
+    averaged over samples."""
+    totals: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for jac, std in _per_sample_jacobians(policy, names, obs, head,
+                                              lambda mu, log_std: torch.stack([mu, log_std.exp()]), chunk):
+            for n, j in jac.items():  # j: (chunk, 2 [μ | σ], act_dim, *param_shape)
+                inv_var = 1 / (std ** 2 + 1e-6)
+                inv_var = inv_var.view(*inv_var.shape, *([1] * (j.dim() - 3)))
+                fisher = (inv_var * (j[:, 0] ** 2 + 2 * j[:, 1] ** 2)).sum(1).clamp_min(1e-5)
+                totals[n] = totals.get(n, 0) + fisher.sum(0)
+    return {n: t / obs.shape[0] for n, t in totals.items()}
+
+
+def mas_importance(policy: nn.Module, names: list[str], obs: torch.Tensor, head: int,
+                   chunk: int = 32) -> dict[str, torch.Tensor]:
+    """Memory-Aware Synapses (Aljundi et al. 2018) as CW's MAS_SAC: the mean over samples of
+    |∂(‖μ‖² + ‖log σ‖²)/∂θ|."""
+    totals: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for jac, _ in _per_sample_jacobians(policy, names, obs, head,
+                                            lambda mu, log_std: (mu ** 2).sum() + (log_std ** 2).sum(), chunk):
+            for n, j in jac.items():  # j: (chunk, *param_shape)
+                totals[n] = totals.get(n, 0) + j.abs().sum(0)
+    return {n: t / obs.shape[0] for n, t in totals.items()}
+
+
+# -- PackNet (Mallya & Lazebnik 2018; CW's PackNet_SAC) ----------------------------------------------
+
+class PackNetMasks:
+    """Which task owns each weight of the managed matrices, and the gradient and view masks that follow.
+
+    ``owner[w] = t`` means weight w was kept by task t (or, for the task in training, is free to it).
+    After task t, ``prune(t, fraction)`` zeroes the smallest-magnitude ``fraction`` of the weights task t
+    owns and hands them to task t + 1. While task t trains, only its weights get gradients; biases and
+    LayerNorm parameters (``frozen_after_first``) train during task 0 only. ``view(t)`` gives the
+    parameters task t sees at evaluation: weights of later tasks zeroed.
+    """
+
+    def __init__(self, matrices: dict[str, nn.Parameter], others: dict[str, nn.Parameter]):
+        self.matrices, self.others = matrices, others
+        self.owner = {n: torch.zeros_like(p, dtype=torch.long) for n, p in matrices.items()}
+        self.freeze_others = False
+
+    def mask_gradients(self, task: int) -> None:
+        for n, p in self.matrices.items():
+            if p.grad is not None:
+                p.grad.mul_(self.owner[n] == task)
+        if self.freeze_others:
+            for p in self.others.values():
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def prune(self, task: int, fraction: float) -> None:
+        for n, p in self.matrices.items():
+            mine = self.owner[n] == task
+            values = p[mine].abs().sort().values
+            if not values.numel():
+                continue
+            threshold = values[min(int(values.numel() * fraction), values.numel() - 1)]
+            drop = mine & (p.abs() <= threshold)
+            p[drop] = 0.0
+            self.owner[n][drop] = task + 1
+
+    def view(self, task: int) -> dict[str, torch.Tensor]:
+        """{name: weights as task ``task`` sees them} for the managed matrices."""
+        return {n: p * (self.owner[n] <= task) for n, p in self.matrices.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"owner": self.owner, "freeze_others": self.freeze_others}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = next(iter(self.matrices.values())).device
+        self.owner = {n: t.to(device) for n, t in state["owner"].items()}
+        self.freeze_others = state["freeze_others"]
+
+
+# -- A-GEM (Chaudhry et al. 2019; CW's AGEM_SAC) -----------------------------------------------------
+
+def agem_project(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> bool:
+    """In place: if ⟨g, g_ref⟩ < 0, g ← g − ⟨g, g_ref⟩/‖g_ref‖² · g_ref over all tensors jointly, so
+    the step no longer increases the memory's loss to first order. Returns whether it projected."""
+    dot = torch.stack([(g * r).sum() for g, r in zip(grads, reference)]).sum()
+    if dot >= 0:
+        return False
+    norm = torch.stack([(r * r).sum() for r in reference]).sum()
+    torch._foreach_add_(grads, reference, alpha=-(dot / norm).item())
+    return True
+
+
+# -- episodic memory and Gaussian KL (ClonEx, kickstarting, A-GEM, episodic replay) -----------------
+
+class EpisodicMemory:
+    """Fixed-size per-task samples of tensors (transitions, and for cloning the policy's outputs),
+    kept for the whole sequence and sampled uniformly across the tasks stored so far."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.data: dict[str, torch.Tensor] = {}
+
+    def add(self, rows: dict[str, torch.Tensor]) -> None:
+        rows = {k: v.detach().to(self.device) for k, v in rows.items()}
+        self.data = {k: torch.cat([self.data[k], v]) if self.data else v for k, v in rows.items()}
+
+    def __len__(self) -> int:
+        return next(iter(self.data.values())).shape[0] if self.data else 0
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(self), (batch_size,), device=self.device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.cpu() for k, v in self.data.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data = {k: v.to(self.device) for k, v in state.items()}
+
+
+def gaussian_kl(mu_p: torch.Tensor, log_std_p: torch.Tensor, mu_q: torch.Tensor,
+                log_std_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) of diagonal Gaussians, summed over the last dimension."""
+    var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
+    return (log_std_q - log_std_p + (var_p + (mu_p - mu_q) ** 2) / (2 * var_q) - 0.5).sum(-1)

@@ -10,7 +10,7 @@ from typing import Callable
 
 from crl.core import Sequence, UsageError
 
-from .metaworld import CW10, metaworld_task
+from .metaworld import CW10, V3_TASK_NAMES, metaworld_task
 
 CW_STEPS_PER_TASK = 1_000_000  # Continual World protocol
 
@@ -33,11 +33,29 @@ def sequence(name: str, description: str) -> Callable[[SequenceBuilder], Sequenc
     return register
 
 
+CUSTOM_PREFIX = "mw:"  # --seq mw:reach-v3,window-close-v3 — any Meta-World v3 tasks, in order
+
+
 def make_sequence(name: str) -> Sequence:
-    """The sequence registered as ``name``; UsageError listing the allowed names otherwise."""
+    """The sequence registered as ``name``, or ``mw:<task>,<task>,...`` for a custom Meta-World
+    sequence; UsageError listing the allowed names otherwise."""
+    if name.startswith(CUSTOM_PREFIX):
+        return custom_metaworld_sequence(name)
     if name not in _BUILDERS:
-        raise UsageError(f"unknown sequence '{name}'; allowed: {', '.join(sorted(_BUILDERS))}")
+        raise UsageError(f"unknown sequence '{name}'; allowed: {', '.join(sorted(_BUILDERS))}, "
+                         f"or {CUSTOM_PREFIX}<task>,<task>,... with Meta-World v3 tasks (crl list)")
     return _BUILDERS[name]()
+
+
+def custom_metaworld_sequence(name: str) -> Sequence:
+    task_names = tuple(t.strip() for t in name[len(CUSTOM_PREFIX):].split(",") if t.strip())
+    unknown = [t for t in task_names if t not in V3_TASK_NAMES]
+    if not task_names or unknown:
+        raise UsageError(f"custom sequence '{name}': unknown Meta-World task(s) {', '.join(unknown) or '(none given)'}; "
+                         f"allowed: {', '.join(V3_TASK_NAMES)}")
+    tasks = tuple(metaworld_task(task, index, len(task_names)) for index, task in enumerate(task_names))
+    return Sequence(name=name, tasks=tasks, steps_per_task=CW_STEPS_PER_TASK,
+                    description=f"custom Meta-World sequence of {len(tasks)} tasks, 1M steps each (CW protocol)")
 
 
 def metaworld_sequence(name: str, task_names: tuple[str, ...], steps_per_task: int) -> Sequence:

@@ -16,7 +16,8 @@ Both agents are measured in the same run, on the same machine, under the same co
   ``start_steps = update_after``), then a margin of steps with updates (``--warmup-updates``), then
   the timed phase of ``--steps`` env steps, every one of which does a gradient step (the count of
   gradient steps done in the window is checked and printed). Nothing is subtracted: both sides time
-  act + env step + store + update.
+  act + env step + store + update. The timed phase runs in ``--rounds`` interleaved rounds (crl,
+  crl, SB3, crl, ...), so background load on a shared machine falls on every contender alike.
 - Same torch thread count (``--threads``, default 1; ``torch.set_num_threads`` before anything).
 - Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
   ``agent._gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
@@ -45,84 +46,111 @@ from crl.loop import seed_everything
 from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task, resolve_backend
 
 
-def bench_crl(args, update_every: int) -> dict:
+class CrlContender:
     """crl's SAC driven by the inner loop of crl/loop.py (act → VecEnv.step → observe → update)."""
-    from crl.agents.sac import SAC, SACConfig
 
-    seed_everything(args.seed)
-    device = torch.device("cpu")
-    cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
-                    update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0)
-    task = metaworld_task(args.task, 0, args.heads)
-    agent = SAC(task.obs_dim, task.act_dim, args.heads, cfg, device)
-    agent.begin_task(task)
-    env = make_vec(args.task, 1, args.seed, args.backend)
-    obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=device)
-    first = torch.ones(env.num_envs, dtype=torch.bool, device=device)
-    task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=device)
+    def __init__(self, args, update_every: int):
+        from crl.agents.sac import SAC, SACConfig
 
-    def step() -> None:
-        nonlocal obs, first
-        action = agent.act(obs, task.index, explore=True, first=first)
-        out = env.step(action.cpu().numpy())
+        seed_everything(args.seed)
+        self.name, self.device = f"crl SAC (update_every={update_every})", torch.device("cpu")
+        self.update_every = update_every
+        cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
+                        update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0)
+        self.task = metaworld_task(args.task, 0, args.heads)
+        self.agent = SAC(self.task.obs_dim, self.task.act_dim, args.heads, cfg, self.device)
+        self.agent.begin_task(self.task)
+        self.env = make_vec(args.task, 1, args.seed, args.backend)
+        self.obs = torch.as_tensor(self.env.reset(), dtype=torch.float32, device=self.device)
+        self.first = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
+        self.task_idx = torch.full((self.env.num_envs,), self.task.index, dtype=torch.long, device=self.device)
+        # Warm-up: random steps, then at least ``warmup_updates`` gradient steps, ending right after
+        # an update round so that every timed chunk (a multiple of update_every steps) holds exactly
+        # as many gradient steps as env steps.
+        while self.agent.gradient_steps < args.warmup_updates or self.agent.pending_updates >= 1:
+            self.step()
+
+    def step(self) -> None:
+        agent, device = self.agent, self.device
+        action = agent.act(self.obs, self.task.index, explore=True, first=self.first)
+        out = self.env.step(action.cpu().numpy())
         agent.observe(Transitions(
-            obs=obs, action=action, reward=torch.as_tensor(out.reward, device=device),
+            obs=self.obs, action=action, reward=torch.as_tensor(out.reward, device=device),
             next_obs=torch.as_tensor(out.final_obs, dtype=torch.float32, device=device),
             terminated=torch.as_tensor(out.terminated, dtype=torch.float32, device=device),
             truncated=torch.as_tensor(out.truncated, dtype=torch.float32, device=device),
-            task_index=task_idx,
+            task_index=self.task_idx,
         ))
         agent.update()
-        obs = torch.as_tensor(out.obs, dtype=torch.float32, device=device)
-        first = torch.as_tensor(out.terminated | out.truncated, device=device)
+        self.obs = torch.as_tensor(out.obs, dtype=torch.float32, device=device)
+        self.first = torch.as_tensor(out.terminated | out.truncated, device=device)
 
-    # Warm-up: random steps, then at least ``warmup_updates`` gradient steps, ending right after an
-    # update round so that the timed window of a multiple of update_every steps holds exactly as
-    # many gradient steps as env steps.
-    while agent.gradient_steps < args.warmup_updates or agent.pending_updates >= 1:
-        step()
-    n_steps = -(-args.steps // update_every) * update_every
-    g0, t0 = agent.gradient_steps, time.perf_counter()
-    for _ in range(n_steps):
-        step()
-    elapsed = time.perf_counter() - t0
-    updates = agent.gradient_steps - g0
-    env.close()
+    def run_steps(self, n: int) -> tuple[int, int]:
+        """Run about ``n`` env steps (a multiple of update_every); returns (steps, gradient steps)."""
+        n = -(-n // self.update_every) * self.update_every
+        g0 = self.agent.gradient_steps
+        for _ in range(n):
+            self.step()
+        return n, self.agent.gradient_steps - g0
 
-    # Pure update rate on the filled buffer, env excluded.
-    for _ in range(10):
-        agent._gradient_step()
-    t0 = time.perf_counter()
-    for _ in range(args.update_calls):
-        agent._gradient_step()
-    upd_rate = args.update_calls / (time.perf_counter() - t0)
-    return {"name": f"crl SAC (update_every={update_every})", "steps": n_steps, "updates": updates,
-            "sps": n_steps / elapsed, "ups": upd_rate}
+    def run_updates(self, n: int) -> None:
+        for _ in range(n):
+            self.agent._gradient_step()
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def bench_sb3(args) -> dict:
-    from stable_baselines3 import SAC
+class SB3Contender:
+    def __init__(self, args):
+        from stable_baselines3 import SAC
 
-    seed_everything(args.seed)
-    env = MetaWorldEnv(args.task, seed=args.seed)
-    model = SAC("MlpPolicy", env, learning_rate=args.lr, buffer_size=1_000_000,
-                learning_starts=args.learning_starts, batch_size=args.batch_size, tau=0.005, gamma=0.99,
-                train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=[256] * 4),
-                seed=args.seed, device="cpu", verbose=0)
-    # Warm-up: learning_starts random steps, then warmup_updates steps with updates. SB3 trains
-    # once num_timesteps > learning_starts, so every step of the timed segment below trains.
-    model.learn(total_timesteps=args.learning_starts + args.warmup_updates)
-    n0, t0 = model._n_updates, time.perf_counter()
-    model.learn(total_timesteps=args.steps, reset_num_timesteps=False)
-    elapsed = time.perf_counter() - t0
-    updates = model._n_updates - n0
+        seed_everything(args.seed)
+        self.name, self.batch_size = "SB3 SAC", args.batch_size
+        self.env = MetaWorldEnv(args.task, seed=args.seed)
+        self.model = SAC("MlpPolicy", self.env, learning_rate=args.lr, buffer_size=1_000_000,
+                         learning_starts=args.learning_starts, batch_size=args.batch_size, tau=0.005, gamma=0.99,
+                         train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=[256] * 4),
+                         seed=args.seed, device="cpu", verbose=0)
+        # Warm-up: learning_starts random steps, then warmup_updates steps with updates. SB3 trains
+        # once num_timesteps > learning_starts, so every later step trains.
+        self.model.learn(total_timesteps=args.learning_starts + args.warmup_updates)
 
-    model.train(gradient_steps=10, batch_size=args.batch_size)
-    t0 = time.perf_counter()
-    model.train(gradient_steps=args.update_calls, batch_size=args.batch_size)
-    upd_rate = args.update_calls / (time.perf_counter() - t0)
-    env.close()
-    return {"name": "SB3 SAC", "steps": args.steps, "updates": updates, "sps": args.steps / elapsed, "ups": upd_rate}
+    def run_steps(self, n: int) -> tuple[int, int]:
+        n0 = self.model._n_updates
+        self.model.learn(total_timesteps=n, reset_num_timesteps=False)
+        return n, self.model._n_updates - n0
+
+    def run_updates(self, n: int) -> None:
+        self.model.train(gradient_steps=n, batch_size=self.batch_size)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def measure(contenders: list, args) -> list[dict]:
+    """Time every contender in ``args.rounds`` interleaved rounds (crl, crl, SB3, crl, crl, SB3, ...),
+    so a change in background load during the run hits all of them alike; rates are totals over rounds."""
+    totals = {c.name: {"steps": 0, "updates": 0, "seconds": 0.0, "update_seconds": 0.0} for c in contenders}
+    for c in contenders:
+        c.run_updates(10)
+    for _ in range(args.rounds):
+        for c in contenders:
+            t0 = time.perf_counter()
+            steps, updates = c.run_steps(args.steps // args.rounds)
+            tot = totals[c.name]
+            tot["seconds"] += time.perf_counter() - t0
+            tot["steps"] += steps
+            tot["updates"] += updates
+        for c in contenders:  # pure update rate on the filled buffer, env excluded
+            t0 = time.perf_counter()
+            c.run_updates(args.update_calls // args.rounds)
+            totals[c.name]["update_seconds"] += time.perf_counter() - t0
+    for c in contenders:
+        c.close()
+    n_updates = args.update_calls // args.rounds * args.rounds
+    return [{"name": name, "steps": t["steps"], "updates": t["updates"], "sps": t["steps"] / t["seconds"],
+             "ups": n_updates / t["update_seconds"]} for name, t in totals.items()]
 
 
 def main() -> None:
@@ -143,6 +171,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=10, help="crl output heads / α's (CW10: 10) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="interleaved timing rounds; each contender runs steps/rounds per round (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-sb3", action="store_true", help="measure crl only (no ratio)")
     args = parser.parse_args()
@@ -158,9 +188,10 @@ def main() -> None:
           f"one fused Adam; SB3 = Linear+ReLU MLP, single head, 3 Adams")
     print()
 
-    results = [bench_crl(args, 50), bench_crl(args, 1)]
+    contenders = [CrlContender(args, 50), CrlContender(args, 1)]
     if not args.skip_sb3:
-        results.append(bench_sb3(args))
+        contenders.append(SB3Contender(args))
+    results = measure(contenders, args)
 
     print(f"{'name':32s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
     for r in results:

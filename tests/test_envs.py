@@ -190,3 +190,14 @@ def test_sequences_have_continual_world_order_and_indices() -> None:
 def test_unknown_sequence_lists_allowed_names() -> None:
     with pytest.raises(UsageError, match="unknown sequence 'cw30'; allowed: .*cw10.*cw20"):
         make_sequence("cw30")
+
+
+def test_custom_metaworld_sequence() -> None:
+    seq = make_sequence("mw:reach-v3, window-close-v3,reach-v3")
+    assert [t.name for t in seq.tasks] == ["reach-v3", "window-close-v3", "reach-v3"]
+    assert [t.index for t in seq.tasks] == [0, 1, 2] and all(t.num_tasks == 3 for t in seq.tasks)
+    assert seq.labels == ["reach-v3", "window-close-v3", "reach-v3#2"]
+    with pytest.raises(UsageError, match="unknown Meta-World task.*reach-v9; allowed: .*window-close-v3"):
+        make_sequence("mw:reach-v9")
+    with pytest.raises(UsageError, match=r"\(none given\)"):
+        make_sequence("mw:")

@@ -45,17 +45,25 @@ def _nan_to_none(a: np.ndarray) -> list:
 
 
 def find_references(run_dir: Path, agent: str, steps_per_task: int) -> tuple[dict[str, float], list[str]]:
-    """Mean reference AUC per task name over every matching reference run beside ``run_dir``."""
-    aucs: dict[str, list[float]] = {}
-    used = []
-    parent = Path(run_dir).resolve().parent
-    for candidate in sorted(parent.glob(f"*/{RESULTS_FILE}")):
+    """Mean reference AUC per task name over every matching reference run beside ``run_dir``.
+
+    A reference run matches when it has the same budget per task and was made by the same agent, or,
+    when there is none of those, by the agent's family base (``sac`` for every SAC-based method:
+    Continual World measures every method's forward transfer against single-task SAC)."""
+    from crl.agents import agent_family
+
+    found: dict[str, list[tuple[Path, dict]]] = {}
+    for candidate in sorted(Path(run_dir).resolve().parent.glob(f"*/{RESULTS_FILE}")):
         try:
             data = json.loads(candidate.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if data.get("kind") != "reference" or data.get("agent") != agent or data.get("steps_per_task") != steps_per_task:
-            continue
+        if data.get("kind") == "reference" and data.get("steps_per_task") == steps_per_task:
+            found.setdefault(data.get("agent"), []).append((candidate, data))
+    matches = found.get(agent) or found.get(agent_family(agent)) or []
+    aucs: dict[str, list[float]] = {}
+    used = []
+    for candidate, data in matches:
         for name, curve in data.get("reference_curves", {}).items():
             if curve:
                 aucs.setdefault(name, []).append(metrics.reference_auc(curve))

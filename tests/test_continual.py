@@ -290,3 +290,20 @@ def test_method_trains_checkpoints_and_resumes(agent_name, tmp_path, monkeypatch
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["finished"] and saved["agent"] == agent_name and saved["steps"] == 800
     assert len(saved["retention_matrix"]) == 2
+
+
+def test_every_sac_method_measures_forward_transfer_against_single_task_sac(tmp_path):
+    from crl.results import find_references
+
+    def reference(name: str, agent: str, curve: list[float]) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({
+            "kind": "reference", "agent": agent, "steps_per_task": 100, "reference_curves": {"reach-v3": curve}}))
+
+    reference("ref_sac", "sac", [0.0, 1.0])
+    refs, used = find_references(tmp_path / "ewc_run", "ewc", 100)
+    assert used == ["ref_sac"] and refs["reach-v3"] > 0
+    reference("ref_ewc", "ewc", [0.0, 0.0])  # the method's own references win when they exist
+    refs, used = find_references(tmp_path / "ewc_run", "ewc", 100)
+    assert used == ["ref_ewc"] and refs["reach-v3"] == 0
+    assert find_references(tmp_path / "l2m_run", "l2m", 100) == ({}, [])

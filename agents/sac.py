@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crl.core import Agent, Task, Transitions
+from crl.core import Agent, Task, Transitions, UsageError
 from crl.nets import EnsembleCWMLP, MultiHead, cw_mlp
 from crl.replay import ReplayBuffer
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SACConfig:
     reset_critic_on_task: bool = False
     reservoir_buffer: bool = False  # reservoir sampling once full instead of FIFO (perfect memory)
     clip_grad_norm: float | None = None  # clip actor, critic and α gradients to this global norm (CW: none)
+    precision: str = "fp32"  # fp32 | bf16: the update's matmuls in bfloat16 (autocast; weights, Adam, replay stay fp32)
 
 
 class Actor(nn.Module):
@@ -115,6 +119,8 @@ class SAC(Agent):
     config_class = SACConfig
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: SACConfig, device: torch.device):
+        if config.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision '{config.precision}'; allowed: {', '.join(PRECISIONS)}")
         self.cfg, self.device = config, device
         self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
         self.num_heads = num_tasks if config.multihead else 1
@@ -258,8 +264,10 @@ class SAC(Agent):
     def _gradient_step(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         batch = self._sample_batch()
-        loss, stats = self.sac_losses(batch)
-        auxiliary = self._auxiliary_loss(batch)
+        # bf16: CPUs with AVX512-BF16 (and GPUs) run the update's matmuls ~1.4× faster (scripts/bench_sac.py)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss, stats = self.sac_losses(batch)
+            auxiliary = self._auxiliary_loss(batch)
         if auxiliary is not None:
             loss = loss + auxiliary
             stats["auxiliary_loss"] = auxiliary.detach()

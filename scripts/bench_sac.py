@@ -56,7 +56,10 @@ class CrlContender:
         self.name, self.device = f"crl SAC (update_every={update_every})", torch.device("cpu")
         self.update_every = update_every
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
-                        update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0)
+                        update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
+                        precision=args.precision)
+        if args.precision != "fp32":
+            self.name += f" {args.precision}"
         self.task = metaworld_task(args.task, 0, args.heads)
         self.agent = SAC(self.task.obs_dim, self.task.act_dim, args.heads, cfg, self.device)
         self.agent.begin_task(self.task)
@@ -171,6 +174,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=10, help="crl output heads / α's (CW10: 10) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="crl's update precision (SB3 always fp32) (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="interleaved timing rounds; each contender runs steps/rounds per round (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -185,7 +190,7 @@ def main() -> None:
           f"timed {args.steps} env steps at 1 gradient step per env step; pure update rate over "
           f"{args.update_calls} gradient steps")
     print(f"architecture: crl = Continual World MLP (Linear-LayerNorm-tanh, then LeakyReLU), {args.heads} heads, "
-          f"one fused Adam; SB3 = Linear+ReLU MLP, single head, 3 Adams")
+          f"one fused Adam, update in {args.precision}; SB3 = Linear+ReLU MLP, single head, 3 Adams, fp32")
     print()
 
     contenders = [CrlContender(args, 50), CrlContender(args, 1)]

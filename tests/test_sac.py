@@ -182,3 +182,27 @@ def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
                 + torch.autograd.grad(alpha_loss, [agent.log_alpha]))
     for got, want in zip(combined, expected):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_update_follows_the_fp32_gradient():
+    """precision=bf16 autocasts the update's matmuls: same direction as fp32, weights stay fp32."""
+    agent = make_agent(precision="bf16")
+    agent.observe(batch(64, 0))
+    b = agent._sample_batch()
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss, _ = agent.sac_losses(b)
+        grads[precision] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(agent.actor.parameters()))])
+    cosine = torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
+    assert cosine > 0.98
+    stats = agent._gradient_step()
+    assert math.isfinite(stats["critic_loss"].item()) and all(p.dtype == torch.float32 for p in agent.actor.parameters())
+
+
+def test_unknown_precision_is_a_usage_error():
+    from crl.core import UsageError
+
+    with pytest.raises(UsageError, match="unknown precision 'fp8'; allowed: fp32, bf16"):
+        make_agent(precision="fp8")

@@ -1,0 +1,181 @@
+"""Plasticity metrics and probes (reference/plasticity.md).
+
+Metrics are functions of tensors an agent already has: hidden activations of a training batch,
+penultimate features, weights, gradients. ``PlasticityProbe`` records a network's hidden activations
+during a forward pass the agent runs anyway (forward hooks, armed only when a measurement is due,
+so there is no extra pass) and turns them into ``plasticity/<network>/<layer>/<metric>`` scalars.
+
+Names follow the reference's naming trap table: ``srank_delta`` (Kumar et al. 2021, δ = 0.01; what
+Plasticine and Dohare call "stable rank"), ``stable_rank_classic`` (‖Φ‖_F²/σ₁²), ``effective_rank``
+(Roy & Vetterli), ``feature_rank_eps`` (Lyle et al. 2022, on Φ/√n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
+DORMANT_AVERAGING = ("global", "per_layer")
+
+
+def active_mask(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """Entries that are not saturated (Plasticine's rule): ReLU family f > 0 (for LeakyReLU: the
+    positive, unit-slope side), tanh |f| ≤ 0.99, sigmoid 0.01 ≤ f ≤ 0.99."""
+    if activation in ("relu", "leaky_relu"):
+        return h > 0
+    if activation == "tanh":
+        return h.abs() <= 0.99
+    if activation == "sigmoid":
+        return (h >= 0.01) & (h <= 0.99)
+    raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(ACTIVATIONS)}")
+
+
+def fraction_active(layers: Iterable[torch.Tensor], activation: str = "relu") -> float:
+    """FAU as Ma et al.'s code pools it: active (sample, unit) entries over all entries of all layers."""
+    active = total = 0
+    for h in layers:
+        active += int(active_mask(h, activation).sum())
+        total += h.numel()
+    return active / total if total else float("nan")
+
+
+def neuron_scores(h: torch.Tensor) -> torch.Tensor:
+    """ReDo's score per unit (last dim): E|h_i| / (mean_k E|h_k| + 1e-9), expectations over every other dim."""
+    mean_abs = h.abs().reshape(-1, h.shape[-1]).mean(0)
+    return mean_abs / (mean_abs.mean() + 1e-9)
+
+
+def dormant_mask(h: torch.Tensor, tau: float) -> torch.Tensor:
+    scores = neuron_scores(h)
+    return torch.isclose(scores, torch.zeros_like(scores)) if tau == 0 else scores <= tau
+
+
+def dormant_ratio(layers: Iterable[torch.Tensor], tau: float = 0.025, averaging: str = "global") -> float:
+    """τ-dormant units (Sokar et al. 2023). ``global``: all dormant units / all units (Dopamine's
+    ReDo code); ``per_layer``: the unweighted mean of each layer's ratio (Plasticine)."""
+    if averaging not in DORMANT_AVERAGING:
+        raise ValueError(f"unknown averaging '{averaging}'; allowed: {', '.join(DORMANT_AVERAGING)}")
+    masks = [dormant_mask(h, tau) for h in layers]
+    if not masks:
+        return float("nan")
+    if averaging == "global":
+        return sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+    return sum(float(m.float().mean()) for m in masks) / len(masks)
+
+
+def singular_values(features: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svdvals(features.detach().float().reshape(-1, features.shape[-1]))
+
+
+def srank_delta(features: torch.Tensor, delta: float = 0.01) -> int:
+    """min{k : Σ_{i≤k} σ_i / Σ σ ≥ 1 − δ} (Kumar et al., ICLR 2021)."""
+    s = singular_values(features)
+    cumulative = torch.cumsum(s, 0) / s.sum()
+    return int((cumulative < 1 - delta).sum()) + 1
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """exp(−Σ p_k log p_k), p_k = σ_k / Σ σ (Roy & Vetterli 2007; no mean-centring)."""
+    s = singular_values(features)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def stable_rank_classic(features: torch.Tensor) -> float:
+    """‖Φ‖_F² / σ₁² (the classical stable rank, not what Plasticine calls stable rank)."""
+    s = singular_values(features)
+    return float((s ** 2).sum() / s[0] ** 2)
+
+
+def feature_rank_eps(features: torch.Tensor, eps: float = 0.01) -> int:
+    """#{σ_i(Φ/√n) > ε} (Lyle et al., ICLR 2022)."""
+    n = features.reshape(-1, features.shape[-1]).shape[0]
+    return int((singular_values(features) / math.sqrt(n) > eps).sum())
+
+
+def weight_magnitude(weight: torch.Tensor) -> float:
+    """Mean |w| (Dohare et al.)."""
+    return float(weight.detach().abs().mean())
+
+
+def weight_change(weight: torch.Tensor, reference: torch.Tensor) -> float:
+    """sqrt(Σ(θ − θ_ref)² / #params): RMS distance from a reference copy (here: the initial weights)."""
+    return float(((weight.detach() - reference) ** 2).mean().sqrt())
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> float:
+    """Global L2 norm of the gradients present (what ``clip_grad_norm_`` returns, before clipping)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+
+@dataclass
+class ProbeConfig:
+    every: int = 1000  # gradient steps between measurements (0: never)
+    dormant_tau: float = 0.025  # Ma et al. / Plasticine
+    dormant_averaging: str = "global"  # global (ReDo code) | per_layer (Plasticine)
+    ranks: bool = True  # srank/effective/feature rank of the last hidden layer (one SVD per network)
+
+
+class PlasticityProbe:
+    """Measures one network: activations of its hidden layers (captured by forward hooks on the
+    given activation modules during the agent's own forward pass), its Linear weights and gradients.
+
+    Use: ``probe.arm()`` before a forward pass whose batch should be measured; after the backward pass
+    ``probe.collect()`` returns the scalars (and disarms). ``record(name, h)`` feeds activations of
+    networks without hookable modules (e.g. a functional ensemble).
+    """
+
+    def __init__(self, name: str, network: nn.Module, activation: str, cfg: ProbeConfig,
+                 hidden: dict[str, nn.Module] | None = None):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(ACTIVATIONS)}")
+        self.name, self.network, self.activation, self.cfg = name, network, activation, cfg
+        self.armed = False
+        self.captured: dict[str, torch.Tensor] = {}
+        self.initial = {n: p.detach().clone() for n, p in network.named_parameters()}
+        for layer, module in (hidden or {}).items():
+            module.register_forward_hook(self._hook(layer))
+
+    def _hook(self, layer: str):
+        def capture(module, inputs, output):
+            if self.armed and layer not in self.captured:  # the first pass after arming: the training batch
+                self.captured[layer] = output.detach()
+        return capture
+
+    def arm(self) -> None:
+        self.armed, self.captured = True, {}
+
+    def record(self, layer: str, h: torch.Tensor) -> None:
+        if self.armed and layer not in self.captured:
+            self.captured[layer] = h.detach()
+
+    def collect(self) -> dict[str, float]:
+        self.armed = False
+        prefix, cfg, out = f"plasticity/{self.name}", self.cfg, {}
+        layers = self.captured
+        for layer, h in layers.items():
+            out[f"{prefix}/{layer}/fau"] = fraction_active([h], self.activation)
+            out[f"{prefix}/{layer}/dormant_ratio"] = dormant_ratio([h], cfg.dormant_tau, "global")
+        if layers:
+            out[f"{prefix}/all/fau"] = fraction_active(layers.values(), self.activation)
+            out[f"{prefix}/all/dormant_ratio"] = dormant_ratio(layers.values(), cfg.dormant_tau, cfg.dormant_averaging)
+            if cfg.ranks:
+                last = list(layers.values())[-1]
+                last = last.reshape(-1, last.shape[-1])
+                out[f"{prefix}/last/srank_delta"] = srank_delta(last)
+                out[f"{prefix}/last/effective_rank"] = effective_rank(last)
+                out[f"{prefix}/last/feature_rank_eps"] = feature_rank_eps(last)
+        for pname, p in self.network.named_parameters():
+            if p.dim() >= 2:
+                out[f"{prefix}/{pname}/weight_magnitude"] = weight_magnitude(p)
+                out[f"{prefix}/{pname}/weight_change"] = weight_change(p, self.initial[pname])
+        out[f"{prefix}/all/grad_norm"] = grad_norm(self.network.parameters())
+        self.captured = {}
+        return out

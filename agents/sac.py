@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crl.core import Agent, Task, Transitions, UsageError
-from crl.nets import EnsembleCWMLP, MultiHead, cw_mlp
+from crl.nets import EnsembleCWMLP, MultiHead, cw_activations, cw_mlp
+from crl.plasticity import PlasticityProbe, ProbeConfig
 from crl.replay import ReplayBuffer
 
 
@@ -57,6 +58,9 @@ class SACConfig:
     reservoir_buffer: bool = False  # reservoir sampling once full instead of FIFO (perfect memory)
     clip_grad_norm: float | None = None  # clip actor, critic and α gradients to this global norm (CW: none)
     precision: str = "fp32"  # fp32 | bf16: the update's matmuls in bfloat16 (autocast; weights, Adam, replay stay fp32)
+    plasticity_every: int = 1000  # gradient steps between plasticity measurements of actor and critics (0: off)
+    dormant_tau: float = 0.025  # τ of the dormant-unit ratio (Ma et al.; Plasticine)
+    dormant_averaging: str = "global"  # global (ReDo's code) | per_layer (Plasticine)
 
 
 class Actor(nn.Module):
@@ -97,9 +101,9 @@ class TwinCritic(nn.Module):
         self.net = EnsembleCWMLP(2, in_dim + act_dim, cfg.hidden_sizes, 1, num_heads)
 
     def forward(self, x: torch.Tensor, action: torch.Tensor, head: int | torch.Tensor, *,
-                detach_params: bool = False) -> torch.Tensor:
+                detach_params: bool = False, record=None) -> torch.Tensor:
         """(2, n) Q-values: row 0 from the first critic, row 1 from the second."""
-        return self.net(torch.cat([x, action], -1), head, detach_params=detach_params).squeeze(-1)
+        return self.net(torch.cat([x, action], -1), head, detach_params=detach_params, record=record).squeeze(-1)
 
 
 class SAC(Agent):
@@ -111,6 +115,7 @@ class SAC(Agent):
     - ``_sample_batch()``: the batch of a gradient step (memories add rows of earlier tasks);
     - ``_auxiliary_loss(batch)``: a loss added to SAC's (regularisers, cloning, distillation);
     - ``_adjust_gradients(batch)``: gradient surgery before the optimiser step (A-GEM, PackNet);
+    - ``_networks_to_capture(measure)``: whose activations a step captures (plasticity probes);
     - ``_explore_actions(obs)``: actions of the warm-up phase (uniform; ClonEx: best earlier policy);
     - ``_policy_actions(obs, task_index, deterministic)``: the policy (PackNet: per-task weights).
     """
@@ -138,6 +143,16 @@ class SAC(Agent):
         self.task_steps = 0  # transitions observed in the current task
         self.pending_updates = 0.0  # gradient steps owed by the replay-ratio schedule
         self.gradient_steps = 0
+        probe_cfg = ProbeConfig(every=config.plasticity_every, dormant_tau=config.dormant_tau,
+                                dormant_averaging=config.dormant_averaging)
+        activations = cw_activations(config.hidden_sizes)
+        actor_hooks = [m for m in self.actor.body if isinstance(m, (nn.Tanh, nn.LeakyReLU))]
+        self.probes = {
+            "actor": PlasticityProbe("actor", self.actor, probe_cfg, activations,
+                                     hooks=dict(zip(activations, actor_hooks))),
+            "critic": PlasticityProbe("critic", self.critics, probe_cfg, activations),  # both critics pooled
+        }
+        self._capture: frozenset[str] = frozenset()  # networks whose activations this gradient step measures
 
     # -- the Agent contract --------------------------------------------------------------------
 
@@ -173,8 +188,11 @@ class SAC(Agent):
             return {}
         n_steps = int(self.pending_updates)
         self.pending_updates -= n_steps
-        stats = [self._gradient_step() for _ in range(n_steps)]
-        return {k: torch.stack([s[k] for s in stats]).float().mean().item() for k in stats[0]}
+        merged: dict[str, list] = {}
+        for step_stats in (self._gradient_step() for _ in range(n_steps)):
+            for k, v in step_stats.items():  # some keys (plasticity) come from a few steps only
+                merged.setdefault(k, []).append(torch.as_tensor(v, dtype=torch.float32))
+        return {k: torch.stack(v).mean().item() for k, v in merged.items()}
 
     # -- hooks for the continual methods ---------------------------------------------------------
 
@@ -188,6 +206,11 @@ class SAC(Agent):
 
     def _adjust_gradients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {}
+
+    def _networks_to_capture(self, measure: bool) -> frozenset[str]:
+        """Networks whose activations this gradient step captures (all of them when a plasticity
+        measurement is due; Adaptive Replay Ratio also wants the critic's at every step)."""
+        return frozenset(self.probes) if measure else frozenset()
 
     def _explore_actions(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
@@ -250,9 +273,14 @@ class SAC(Agent):
             a_next, logp_next = self.actor(x_next, heads)
             q_next = self.targets(x_next, a_next, heads).min(0).values
             backup = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * (q_next - alpha * logp_next)
-        q = self.critics(x, batch["action"], heads)
+        critic_probe = self.probes["critic"] if "critic" in self._capture else None
+        if critic_probe is not None:
+            critic_probe.arm()
+        q = self.critics(x, batch["action"], heads, record=critic_probe.record if critic_probe else None)
         critic_loss = 0.5 * ((q - backup) ** 2).mean(1).sum()
 
+        if "actor" in self._capture:
+            self.probes["actor"].arm()  # its hooks capture this forward pass (the batch's states)
         a_pi, logp_pi = self.actor(x, heads)
         q_pi = self.critics(x, a_pi, heads, detach_params=True).min(0).values
         actor_loss = (alpha.detach() * logp_pi - q_pi).mean()
@@ -264,15 +292,21 @@ class SAC(Agent):
     def _gradient_step(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         batch = self._sample_batch()
+        measure = cfg.plasticity_every > 0 and self.gradient_steps % cfg.plasticity_every == 0
+        self._capture = self._networks_to_capture(measure)
         # bf16: CPUs with AVX512-BF16 (and GPUs) run the update's matmuls ~1.4× faster (scripts/bench_sac.py)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss, stats = self.sac_losses(batch)
+            self._capture = frozenset()  # later passes (memories, references) are not the measured batch
             auxiliary = self._auxiliary_loss(batch)
         if auxiliary is not None:
             loss = loss + auxiliary
             stats["auxiliary_loss"] = auxiliary.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if measure:  # after backward: gradient norms are part of the measurement
+            for probe in self.probes.values():
+                stats.update(probe.collect())
         stats.update(self._adjust_gradients(batch))
         if cfg.clip_grad_norm is not None:  # CW clips actor, critics and α separately
             for group in (self.actor.parameters(), self.critics.parameters(), [self.log_alpha]):
@@ -290,6 +324,7 @@ class SAC(Agent):
             "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
             "task_index": self.task_index, "task_steps": self.task_steps,
             "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps,
+            "probe_initial_weights": {name: probe.initial for name, probe in self.probes.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -302,3 +337,5 @@ class SAC(Agent):
         self.buffer.load_state_dict(state["buffer"])
         self.task_index, self.task_steps = state["task_index"], state["task_steps"]
         self.pending_updates, self.gradient_steps = state["pending_updates"], state["gradient_steps"]
+        for name, initial in state["probe_initial_weights"].items():  # weight change stays measured from the start
+            self.probes[name].initial = {k: v.to(self.device) for k, v in initial.items()}

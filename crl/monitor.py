@@ -79,9 +79,11 @@ class Monitor:
             self._train_counts[k] = self._train_counts.get(k, 0) + 1
 
     def flush_train(self, step: int) -> float:
-        """Write the mean of train/* stats since the last call and time/fps; returns fps."""
+        """Write the mean of the agent's stats since the last call and time/fps; returns fps.
+
+        A stat named with its own namespace (``plasticity/critic/0/fau``) keeps it; others go under train/."""
         for k, total in self._train_sums.items():
-            self.writer.add_scalar(f"train/{k}", total / self._train_counts[k], step)
+            self.writer.add_scalar(k if "/" in k else f"train/{k}", total / self._train_counts[k], step)
         self._train_sums.clear()
         self._train_counts.clear()
         now = time.perf_counter()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def cw_activations(hidden_sizes: tuple[int, ...]) -> dict[str, str]:
+    """The nonlinearity after each hidden layer of a CW body, by layer index (for plasticity probes)."""
+    return {str(i): "tanh" if i == 0 else "leaky_relu" for i in range(len(hidden_sizes))}
 
 
 def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
@@ -72,12 +79,14 @@ class EnsembleCWMLP(nn.Module):
         self.norm_weight = nn.Parameter(torch.ones(members, 1, width))
         self.norm_bias = nn.Parameter(torch.zeros(members, 1, width))
 
-    def forward(self, x: torch.Tensor, head: int | torch.Tensor, *, detach_params: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head: int | torch.Tensor, *, detach_params: bool = False,
+                record: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
         """(members, n, out_dim) outputs for inputs ``x`` of shape (n, in_dim), shared by all members.
 
         ``head`` selects each row's head as in ``MultiHead``. ``detach_params=True`` evaluates with
         the parameters cut from autograd: gradients then reach only the inputs (SAC's actor loss
-        flows through the critics without moving them)."""
+        flows through the critics without moving them). ``record(layer, h)`` receives each hidden
+        layer's activations (members, n, width), e.g. for a plasticity probe."""
         params = [*self.weights, *self.biases, self.norm_weight, self.norm_bias]
         if detach_params:
             params = [p.detach() for p in params]
@@ -90,8 +99,12 @@ class EnsembleCWMLP(nn.Module):
             w_out, b_out = w_out[..., cols], b_out[..., cols]
         h = torch.baddbmm(biases[0], x.expand(self.members, *x.shape), weights[0])
         h = torch.tanh(F.layer_norm(h, h.shape[-1:]) * norm_w + norm_b)
-        for w, b in zip(weights[1:last], biases[1:last]):
+        if record is not None:
+            record("0", h)
+        for layer, (w, b) in enumerate(zip(weights[1:last], biases[1:last]), start=1):
             h = F.leaky_relu(torch.baddbmm(b, h, w), 0.2)
+            if record is not None:
+                record(str(layer), h)
         out = torch.baddbmm(b_out, h, w_out)
         if isinstance(head, int) or self.num_heads == 1:
             return out

@@ -35,11 +35,14 @@ def active_mask(h: torch.Tensor, activation: str) -> torch.Tensor:
     raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(ACTIVATIONS)}")
 
 
-def fraction_active(layers: Iterable[torch.Tensor], activation: str = "relu") -> float:
-    """FAU as Ma et al.'s code pools it: active (sample, unit) entries over all entries of all layers."""
+def fraction_active(layers: Iterable[torch.Tensor], activation: str | Iterable[str] = "relu") -> float:
+    """FAU as Ma et al.'s code pools it: active (sample, unit) entries over all entries of all layers.
+    ``activation`` is one kind for every layer or one per layer (a CW MLP has tanh, then LeakyReLU)."""
+    layers = list(layers)
+    kinds = [activation] * len(layers) if isinstance(activation, str) else list(activation)
     active = total = 0
-    for h in layers:
-        active += int(active_mask(h, activation).sum())
+    for h, kind in zip(layers, kinds):
+        active += int(active_mask(h, kind).sum())
         total += h.numel()
     return active / total if total else float("nan")
 
@@ -124,47 +127,54 @@ class ProbeConfig:
 
 
 class PlasticityProbe:
-    """Measures one network: activations of its hidden layers (captured by forward hooks on the
-    given activation modules during the agent's own forward pass), its Linear weights and gradients.
+    """Measures one network: activations of its hidden layers on a batch the agent forwards anyway,
+    its weight matrices (magnitude, change from their initial values) and its gradient norm.
 
-    Use: ``probe.arm()`` before a forward pass whose batch should be measured; after the backward pass
-    ``probe.collect()`` returns the scalars (and disarms). ``record(name, h)`` feeds activations of
-    networks without hookable modules (e.g. a functional ensemble).
+    ``activations`` maps each hidden layer's name to its nonlinearity (for the saturation rule).
+    Activations arrive through forward hooks on ``hooks[layer]`` modules, or through ``record(layer,
+    h)`` from networks without hookable modules (crl.nets.EnsembleCWMLP). Either way only while
+    armed: ``arm()`` before the forward pass to measure, ``collect()`` after the backward pass
+    (scalars ``plasticity/<network>/<layer>/<metric>``; disarms). ``fau()`` is the cheap pooled FAU
+    of what was captured (Adaptive Replay Ratio reads it at every update).
     """
 
-    def __init__(self, name: str, network: nn.Module, activation: str, cfg: ProbeConfig,
-                 hidden: dict[str, nn.Module] | None = None):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(ACTIVATIONS)}")
-        self.name, self.network, self.activation, self.cfg = name, network, activation, cfg
+    def __init__(self, name: str, network: nn.Module, cfg: ProbeConfig, activations: dict[str, str],
+                 hooks: dict[str, nn.Module] | None = None):
+        for kind in activations.values():
+            if kind not in ACTIVATIONS:
+                raise ValueError(f"unknown activation '{kind}'; allowed: {', '.join(ACTIVATIONS)}")
+        self.name, self.network, self.cfg, self.activations = name, network, cfg, activations
         self.armed = False
         self.captured: dict[str, torch.Tensor] = {}
-        self.initial = {n: p.detach().clone() for n, p in network.named_parameters()}
-        for layer, module in (hidden or {}).items():
+        self.initial = {n: p.detach().clone() for n, p in network.named_parameters() if p.dim() >= 2}
+        for layer, module in (hooks or {}).items():
             module.register_forward_hook(self._hook(layer))
 
     def _hook(self, layer: str):
         def capture(module, inputs, output):
-            if self.armed and layer not in self.captured:  # the first pass after arming: the training batch
-                self.captured[layer] = output.detach()
+            self.record(layer, output)
         return capture
 
     def arm(self) -> None:
         self.armed, self.captured = True, {}
 
     def record(self, layer: str, h: torch.Tensor) -> None:
-        if self.armed and layer not in self.captured:
+        if self.armed and layer not in self.captured:  # the first pass after arming: the training batch
             self.captured[layer] = h.detach()
+
+    def fau(self) -> float:
+        self.armed = False
+        return fraction_active(self.captured.values(), [self.activations[n] for n in self.captured])
 
     def collect(self) -> dict[str, float]:
         self.armed = False
         prefix, cfg, out = f"plasticity/{self.name}", self.cfg, {}
         layers = self.captured
         for layer, h in layers.items():
-            out[f"{prefix}/{layer}/fau"] = fraction_active([h], self.activation)
+            out[f"{prefix}/{layer}/fau"] = fraction_active([h], self.activations[layer])
             out[f"{prefix}/{layer}/dormant_ratio"] = dormant_ratio([h], cfg.dormant_tau, "global")
         if layers:
-            out[f"{prefix}/all/fau"] = fraction_active(layers.values(), self.activation)
+            out[f"{prefix}/all/fau"] = fraction_active(layers.values(), [self.activations[n] for n in layers])
             out[f"{prefix}/all/dormant_ratio"] = dormant_ratio(layers.values(), cfg.dormant_tau, cfg.dormant_averaging)
             if cfg.ranks:
                 last = list(layers.values())[-1]
@@ -173,7 +183,7 @@ class PlasticityProbe:
                 out[f"{prefix}/last/effective_rank"] = effective_rank(last)
                 out[f"{prefix}/last/feature_rank_eps"] = feature_rank_eps(last)
         for pname, p in self.network.named_parameters():
-            if p.dim() >= 2:
+            if pname in self.initial:
                 out[f"{prefix}/{pname}/weight_magnitude"] = weight_magnitude(p)
                 out[f"{prefix}/{pname}/weight_change"] = weight_change(p, self.initial[pname])
         out[f"{prefix}/all/grad_norm"] = grad_norm(self.network.parameters())

@@ -72,6 +72,8 @@ def test_tensorboard_tags_on_one_global_axis(finished_run):
     assert any(t.startswith("train/critic_loss") for t in tags)
     critic_steps = [s for s, _ in tags["train/critic_loss"]]
     assert max(critic_steps) > 400  # the second task continues the x-axis
+    for network in ("actor", "critic"):  # plasticity probes: on by default, under their own namespace
+        assert f"plasticity/{network}/all/fau" in tags and f"plasticity/{network}/0/dormant_ratio" in tags
 
 
 def test_existing_run_is_not_overwritten(finished_run, capsys):

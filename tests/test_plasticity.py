@@ -68,7 +68,7 @@ def test_weight_and_gradient_metrics():
 def test_probe_records_only_when_armed_and_names_metrics():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
-    probe = PlasticityProbe("critic", net, "relu", ProbeConfig(), hidden={"0": net[1], "1": net[3]})
+    probe = PlasticityProbe("critic", net, ProbeConfig(), {"0": "relu", "1": "relu"}, hooks={"0": net[1], "1": net[3]})
     net(torch.randn(4, 3))
     assert probe.captured == {}  # not armed: no capture, no cost
     probe.arm()

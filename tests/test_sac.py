@@ -206,3 +206,25 @@ def test_unknown_precision_is_a_usage_error():
 
     with pytest.raises(UsageError, match="unknown precision 'fp8'; allowed: fp32, bf16"):
         make_agent(precision="fp8")
+
+
+def test_plasticity_probes_measure_actor_and_critics_at_their_cadence():
+    agent = make_agent(plasticity_every=3)
+    agent.observe(batch(64, 0))
+    measured = [agent._gradient_step() for _ in range(7)]
+    has = ["plasticity/critic/all/fau" in s for s in measured]
+    assert has == [True, False, False, True, False, False, True]
+    stats = measured[0]
+    for network in ("actor", "critic"):
+        for layer in ("0", "1", "2", "3"):
+            assert 0 <= stats[f"plasticity/{network}/{layer}/fau"] <= 1
+        assert stats[f"plasticity/{network}/all/grad_norm"] > 0
+        assert 1 <= stats[f"plasticity/{network}/last/srank_delta"] <= 32
+    assert stats["plasticity/actor/body.0.weight/weight_change"] == 0.0  # first step: still at the initial weights
+    later = measured[3]["plasticity/actor/body.0.weight/weight_change"]
+    assert later > 0
+    # after a checkpoint round trip the change is still measured from the original initial weights
+    clone = make_agent(plasticity_every=3, log_alpha_init=0.0)
+    torch.manual_seed(123)
+    clone.load_state_dict(agent.state_dict())
+    assert torch.equal(clone.probes["actor"].initial["body.0.weight"], agent.probes["actor"].initial["body.0.weight"])

@@ -35,6 +35,8 @@ AGENTS: dict[str, tuple[str, str, str, str, dict[str, Any]]] = {
                "ClonEx-SAC: behaviour cloning of past actors + best-return exploration (Wołczyk et al. 2022)", {}),
     "kickstart": ("sac", "crl.agents.kickstart", "Kickstart",
                   "SAC + kickstarting: distil the previous policy on current states (Wołczyk et al. 2024)", {}),
+    "arr": ("sac", "crl.agents.arr", "AdaptiveReplayRatio",
+            "SAC with Adaptive Replay Ratio: 0.5 → 2 once the critic's FAU settles (Ma et al. 2024)", {}),
     "l2m": ("l2m", "crl.agents.l2m", "L2M",
             "L2M: frozen pre-trained DT + LoRA pool, task-agnostic retrieval (Schmied et al. 2023)", {"method": "l2m"}),
     "l2m-oracle": ("l2m", "crl.agents.l2m", "L2M", "L2M with modules chosen by task id (the paper's upper bound)",

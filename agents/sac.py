@@ -142,6 +142,7 @@ class SAC(Agent):
         self.task_index = 0
         self.task_steps = 0  # transitions observed in the current task
         self.pending_updates = 0.0  # gradient steps owed by the replay-ratio schedule
+        self.replay_ratio = config.replay_ratio  # gradient steps per transition (Adaptive Replay Ratio changes it)
         self.gradient_steps = 0
         probe_cfg = ProbeConfig(every=config.plasticity_every, dormant_tau=config.dormant_tau,
                                 dormant_averaging=config.dormant_averaging)
@@ -181,10 +182,10 @@ class SAC(Agent):
         before, self.task_steps = self.task_steps, self.task_steps + len(batch)
         counted = self.task_steps - max(before, self.cfg.update_after)  # transitions past update_after
         if counted > 0:
-            self.pending_updates += counted * self.cfg.replay_ratio
+            self.pending_updates += counted * self.replay_ratio
 
     def update(self) -> dict[str, float]:
-        if self.pending_updates < self.cfg.update_every * self.cfg.replay_ratio:
+        if self.pending_updates < self.cfg.update_every * self.replay_ratio:
             return {}
         n_steps = int(self.pending_updates)
         self.pending_updates -= n_steps

@@ -1,0 +1,94 @@
+"""Adaptive Replay Ratio: the switch rule in both modes, re-arming, static comparison, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crl.agents.arr import AdaptiveReplayRatio, ARRConfig
+from crl.core import Transitions, UsageError
+from crl.envs import make_sequence
+
+OBS, ACT = 39, 4
+
+
+def make(**overrides) -> AdaptiveReplayRatio:
+    torch.manual_seed(0)
+    cfg = ARRConfig(**{"hidden_sizes": (16, 16), "batch_size": 8, "start_steps": 0, "update_after": 0,
+                       "check_interval": 10, "plasticity_every": 0, **overrides})
+    agent = AdaptiveReplayRatio(OBS, ACT, 2, cfg, torch.device("cpu"))
+    agent.begin_task(make_sequence("cw2").tasks[0])
+    agent.episode_len = 4  # paper_faithful's window: the last "episode" = the last 4 env steps
+    return agent
+
+
+def drive(agent: AdaptiveReplayRatio, fau_values: list[float], steps: int) -> list[float]:
+    """Step one transition at a time with the critic's FAU scripted; returns the ratio after each step."""
+    values = iter(fau_values)
+    agent.probes["critic"].fau = lambda: next(values)
+    ratios = []
+    for _ in range(steps):
+        agent.observe(Transitions(obs=torch.randn(1, OBS), action=torch.zeros(1, ACT), reward=torch.zeros(1),
+                                  next_obs=torch.randn(1, OBS), terminated=torch.zeros(1), truncated=torch.zeros(1),
+                                  task_index=torch.zeros(1, dtype=torch.long)))
+        agent.update()
+        ratios.append(agent.replay_ratio)
+    return ratios
+
+
+def test_starts_low_and_updates_every_other_step():
+    agent = make()
+    drive(agent, [0.5] * 100, 8)
+    assert agent.gradient_steps == 4 and agent.replay_ratio == 0.5
+
+
+def test_paper_faithful_compares_the_last_episode_with_the_previous_check():
+    agent = make(mode="paper_faithful")
+    # RR 0.5: updates at steps 2, 4, 6, ...; a check at steps 10 and 20 runs before that step's update.
+    # Check 1 reads the last episode (steps 7-10: the update at step 8, FAU 0.6) against the first
+    # update's FAU (0.9): change 0.3, no switch. Check 2 reads the update at step 18 (0.6005) against
+    # 0.6: change 0.0005 ≤ 0.001 → switch at step 20, although the interval's mean moved far more.
+    faus = [0.9, 0.1, 0.1, 0.6, 0.6] + [0.2, 0.2, 0.2, 0.6005, 0.6005]
+    ratios = drive(agent, faus + [0.5] * 100, 22)
+    assert ratios[9] == 0.5 and ratios[19] == 2.0 and agent.switched_at == [(0, 20)]
+    assert agent.gradient_steps == 10 + 2 * 2  # two steps at RR 2 after the switch
+
+
+def test_whole_interval_averages_every_update_since_the_last_check():
+    faus = [0.9, 0.1, 0.1, 0.6, 0.6] + [0.2, 0.2, 0.2, 0.6005, 0.6005]
+    agent = make(mode="whole_interval")
+    drive(agent, faus + [0.5] * 100, 22)
+    assert not agent.switched  # interval means 0.46 then 0.36: never within τ
+    agent = make(mode="whole_interval")
+    drive(agent, [0.5] * 100, 12)
+    assert agent.switched_at == [(0, 10)]  # a flat FAU: strictly below τ at the first check
+
+
+def test_static_ratio_never_switches_and_rearm_on_task():
+    static = make(adaptive=False, replay_ratio=2.0)
+    drive(static, [0.5] * 100, 30)
+    assert static.replay_ratio == 2.0 and static.switched_at == [] and static.gradient_steps == 60
+    agent = make(mode="whole_interval")
+    drive(agent, [0.5] * 100, 12)
+    assert agent.replay_ratio == 2.0
+    agent.begin_task(make_sequence("cw2").tasks[1])
+    assert agent.replay_ratio == 0.5 and not agent.switched and agent.reference_fau is None
+
+
+def test_state_round_trip_and_bad_mode():
+    agent = make(mode="whole_interval")
+    drive(agent, [0.5] * 100, 12)
+    clone = make()
+    clone.load_state_dict(agent.state_dict())
+    assert clone.replay_ratio == 2.0 and clone.switched_at == [(0, 10)] and clone.next_check == agent.next_check
+    with pytest.raises(UsageError, match="unknown ARR mode 'fast'; allowed: paper_faithful, whole_interval"):
+        make(mode="fast")
+
+
+def test_real_critic_fau_is_logged_every_update():
+    agent = make()
+    agent.observe(Transitions(obs=torch.randn(8, OBS), action=torch.zeros(8, ACT), reward=torch.zeros(8),
+                              next_obs=torch.randn(8, OBS), terminated=torch.zeros(8), truncated=torch.zeros(8),
+                              task_index=torch.zeros(8, dtype=torch.long)))
+    stats = agent.update()
+    assert 0 < stats["arr/critic_fau"] <= 1 and stats["arr/replay_ratio"] == 0.5

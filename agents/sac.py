@@ -27,11 +27,12 @@ from torch import nn
 
 from crl.core import Agent, Task, Transitions, UsageError
 from crl.nets import EnsembleCWMLP, MultiHead, cw_activations, cw_mlp
-from crl.plasticity import PlasticityProbe, ProbeConfig
+from crl.plasticity import PlasticityProbe, ProbeConfig, dormant_mask, recycle_units, shrink_perturb
 from crl.replay import ReplayBuffer
 
 
 PRECISIONS = ("fp32", "bf16")
+RESET_GROUPS = ("actor", "actor_head", "critic", "critic_head")
 
 
 @dataclass
@@ -61,6 +62,15 @@ class SACConfig:
     plasticity_every: int = 1000  # gradient steps between plasticity measurements of actor and critics (0: off)
     dormant_tau: float = 0.025  # τ of the dormant-unit ratio (Ma et al.; Plasticine)
     dormant_averaging: str = "global"  # global (ReDo's code) | per_layer (Plasticine)
+    # Plasticity interventions (reference/plasticity.md); all off by default, as in Continual World.
+    redo_every: int = 0  # ReDo (Sokar et al. 2023): recycle τ-dormant hidden units every N gradient steps
+    redo_tau: float = 0.025
+    redo_reset_optimizer: bool = True  # zero the Adam moments of recycled weights (Dopamine's ReDo)
+    sp_shrink: float = 1.0  # Shrink & Perturb (Ash & Adams 2020) at each task switch: θ ← shrink·θ + perturb·θ_fresh
+    sp_perturb: float = 0.0  # (shrink 1, perturb 0: off)
+    reset_layers: tuple[str, ...] = ()  # any of actor, actor_head, critic, critic_head: re-initialised...
+    reset_on_task: bool = False  # ...at each task switch
+    reset_every: int = 0  # ...and/or every N gradient steps
 
 
 class Actor(nn.Module):
@@ -126,6 +136,9 @@ class SAC(Agent):
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: SACConfig, device: torch.device):
         if config.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{config.precision}'; allowed: {', '.join(PRECISIONS)}")
+        unknown = [g for g in config.reset_layers if g not in RESET_GROUPS]
+        if unknown:
+            raise UsageError(f"unknown layer group(s) {', '.join(unknown)} in reset_layers; allowed: {', '.join(RESET_GROUPS)}")
         self.cfg, self.device = config, device
         self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
         self.num_heads = num_tasks if config.multihead else 1
@@ -167,6 +180,11 @@ class SAC(Agent):
             self.targets.load_state_dict(fresh.state_dict())
         if self.cfg.reset_optimizer_on_task:
             self._reset_optimizer_moments()
+        if self.gradient_steps > 0:  # interventions at a switch to a new task, not before the first
+            if self.cfg.sp_shrink != 1.0 or self.cfg.sp_perturb != 0.0:
+                self._shrink_perturb()
+            if self.cfg.reset_on_task and self.cfg.reset_layers:
+                self._reset_layers(self.cfg.reset_layers)
 
     def end_task(self, task: Task) -> None:
         pass
@@ -294,7 +312,8 @@ class SAC(Agent):
         cfg = self.cfg
         batch = self._sample_batch()
         measure = cfg.plasticity_every > 0 and self.gradient_steps % cfg.plasticity_every == 0
-        self._capture = self._networks_to_capture(measure)
+        redo = cfg.redo_every > 0 and self.gradient_steps > 0 and self.gradient_steps % cfg.redo_every == 0
+        self._capture = self._networks_to_capture(measure or redo)
         # bf16: CPUs with AVX512-BF16 (and GPUs) run the update's matmuls ~1.4× faster (scripts/bench_sac.py)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss, stats = self.sac_losses(batch)
@@ -305,6 +324,7 @@ class SAC(Agent):
             stats["auxiliary_loss"] = auxiliary.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dormant = self._dormant_units(cfg.redo_tau) if redo else None
         if measure:  # after backward: gradient norms are part of the measurement
             for probe in self.probes.values():
                 stats.update(probe.collect())
@@ -316,7 +336,71 @@ class SAC(Agent):
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._online_params, 1 - cfg.polyak)
         self.gradient_steps += 1
+        if dormant is not None:
+            stats["redo/recycled_units"] = torch.tensor(float(self._recycle(dormant)))
+        if cfg.reset_every > 0 and cfg.reset_layers and self.gradient_steps % cfg.reset_every == 0:
+            self._reset_layers(cfg.reset_layers)
         return stats
+
+    # -- plasticity interventions ----------------------------------------------------------------
+
+    def _unit_layers(self) -> dict[str, list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, int]]]:
+        """Per network, each hidden layer as (incoming weight, bias, its unit axis, outgoing weight, its
+        unit axis) for ReDo: nn.Linear weights are (out, in), the critics' ensemble weights (2, in, out)."""
+        linears = [m for m in self.actor.body if isinstance(m, nn.Linear)]
+        outgoing = [m.weight for m in linears[1:]] + [self.actor.head.linear.weight]
+        net = self.critics.net
+        return {
+            "actor": [(m.weight, m.bias, 0, w_out, 1) for m, w_out in zip(linears, outgoing)],
+            "critic": [(net.weights[i], net.biases[i], -1, net.weights[i + 1], -2) for i in range(len(net.weights) - 1)],
+        }
+
+    def _dormant_units(self, tau: float) -> dict[str, list[torch.Tensor]]:
+        """τ-dormant masks of every hidden layer from the activations this step captured: (width,)
+        for the actor, (2, width) for the twin critics (each critic's units scored on its own)."""
+        masks = {}
+        for name, probe in self.probes.items():
+            layers = [probe.captured[str(i)] for i in range(len(probe.captured))]
+            masks[name] = [dormant_mask(h, tau) if h.dim() == 2 else torch.stack([dormant_mask(m, tau) for m in h])
+                           for h in layers]
+        return masks
+
+    def _recycle(self, dormant: dict[str, list[torch.Tensor]]) -> int:
+        optimizer = self.optimizer if self.cfg.redo_reset_optimizer else None
+        return sum(recycle_units(w_in, b_in, in_axis, w_out, out_axis, mask, optimizer)
+                   for name, layers in self._unit_layers().items()
+                   for (w_in, b_in, in_axis, w_out, out_axis), mask in zip(layers, dormant[name]))
+
+    def _fresh_networks(self) -> tuple[Actor, TwinCritic]:
+        return (Actor(self._in_dim, self.act_dim, self.num_heads, self.cfg).to(self.device),
+                TwinCritic(self._in_dim, self.act_dim, self.num_heads, self.cfg).to(self.device))
+
+    def _shrink_perturb(self) -> None:
+        actor, critics = self._fresh_networks()
+        shrink_perturb(self.actor.parameters(), actor.parameters(), self.cfg.sp_shrink, self.cfg.sp_perturb)
+        shrink_perturb(self.critics.parameters(), critics.parameters(), self.cfg.sp_shrink, self.cfg.sp_perturb)
+        self.targets.load_state_dict(self.critics.state_dict())
+
+    @torch.no_grad()
+    def _reset_layers(self, names: tuple[str, ...]) -> None:
+        """Re-initialise whole networks or their output heads, with fresh Adam moments for them."""
+        actor, critics = self._fresh_networks()
+        pairs = {"actor": (self.actor, actor), "actor_head": (self.actor.head, actor.head),
+                 "critic": (self.critics, critics)}
+        net, fresh_net = self.critics.net, critics.net
+        for name in names:
+            if name == "critic_head":  # the critics' output layer: the ensemble's last weight and bias
+                params = [(net.weights[-1], fresh_net.weights[-1]), (net.biases[-1], fresh_net.biases[-1])]
+            else:
+                params = list(zip(pairs[name][0].parameters(), pairs[name][1].parameters()))
+            for p, fresh in params:
+                p.copy_(fresh)
+                for moment in self.optimizer.state.get(p, {}).values():
+                    if moment.shape == p.shape:
+                        moment.zero_()
+            if name.startswith("critic"):
+                self.targets.load_state_dict(self.critics.state_dict())
+
 
     def state_dict(self) -> dict[str, Any]:
         return {

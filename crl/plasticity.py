@@ -189,3 +189,50 @@ class PlasticityProbe:
         out[f"{prefix}/all/grad_norm"] = grad_norm(self.network.parameters())
         self.captured = {}
         return out
+
+
+# -- interventions ---------------------------------------------------------------------------------
+
+def _unit_view(t: torch.Tensor, unit_axis: int) -> torch.Tensor:
+    return t.movedim(unit_axis, -1)
+
+
+def _masked_fill(t: torch.Tensor, unit_axis: int, mask: torch.Tensor, values: torch.Tensor | float) -> None:
+    """t[..., unit j ...] = values where mask, through a view with the unit axis last. ``mask`` has the
+    parameter's leading (ensemble) dims and the unit dim; other dims broadcast."""
+    view = _unit_view(t, unit_axis)
+    m = mask.view(*mask.shape[:-1], *([1] * (view.dim() - mask.dim())), mask.shape[-1])
+    if isinstance(values, torch.Tensor):
+        values = _unit_view(values, unit_axis)
+    view.copy_(torch.where(m, values, view))
+
+
+@torch.no_grad()
+def recycle_units(w_in: torch.Tensor, b_in: torch.Tensor, in_axis: int, w_out: torch.Tensor, out_axis: int,
+                  dormant: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """ReDo (Sokar et al., ICML 2023): for each dormant unit, fresh incoming weights and bias (U(±1/√fan_in),
+    torch's Linear initialisation) and zero outgoing weights, so the network's output is unchanged at
+    that moment (exactly, where no normalisation follows the layer). ``in_axis``: the unit axis of
+    ``w_in`` (0 for an nn.Linear weight, -1 for an ensemble's (members, in, out) weight); ``out_axis``:
+    the unit axis of ``w_out``. With ``optimizer``, the Adam moments of every changed entry are zeroed
+    (Dopamine's ReDo). Returns the number of units recycled."""
+    if not dormant.any():
+        return 0
+    fan_in = _unit_view(w_in, in_axis).shape[-2]
+    bound = 1 / math.sqrt(fan_in)
+    _masked_fill(w_in, in_axis, dormant, torch.empty_like(w_in).uniform_(-bound, bound))
+    _masked_fill(b_in, -1, dormant, torch.empty_like(b_in).uniform_(-bound, bound))
+    _masked_fill(w_out, out_axis, dormant, 0.0)
+    if optimizer is not None:
+        for param, axis in ((w_in, in_axis), (b_in, -1), (w_out, out_axis)):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in optimizer.state.get(param, {}):
+                    _masked_fill(optimizer.state[param][moment], axis, dormant, 0.0)
+    return int(dormant.sum())
+
+
+@torch.no_grad()
+def shrink_perturb(params: Iterable[torch.Tensor], fresh: Iterable[torch.Tensor], shrink: float, perturb: float) -> None:
+    """Shrink & Perturb (Ash & Adams, NeurIPS 2020): θ ← λ·θ + σ·θ_fresh, θ_fresh a new initialisation."""
+    for p, f in zip(params, fresh):
+        p.mul_(shrink).add_(f.to(p.device), alpha=perturb)

@@ -82,3 +82,48 @@ def test_probe_records_only_when_armed_and_names_metrics():
         assert key in stats, key
     assert stats["plasticity/critic/0.weight/weight_change"] == 0.0 and stats["plasticity/critic/all/grad_norm"] > 0
     assert not probe.armed and probe.captured == {}
+
+
+def test_recycle_units_keeps_the_output_and_revives_dead_units():
+    from crl.plasticity import dormant_mask, recycle_units
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        net[0].weight[[1, 4]] = 0.0
+        net[0].bias[[1, 4]] = -1.0  # units 1 and 4: dead
+    opt = torch.optim.Adam(net.parameters())
+    x = torch.randn(64, 3)
+    net(x).sum().backward()
+    opt.step()
+    before = net(x).detach()
+    h = net[1](net[0](x))
+    dead = dormant_mask(h, 0.0)
+    assert dead.tolist() == [False, True, False, False, True, False]
+    assert recycle_units(net[0].weight, net[0].bias, 0, net[2].weight, 1, dead, opt) == 2
+    assert torch.allclose(net(x), before)  # zero outgoing weights: the function is unchanged
+    assert torch.count_nonzero(net[0].weight[[1, 4]]) == 6 and torch.count_nonzero(net[2].weight[:, [1, 4]]) == 0
+    assert torch.count_nonzero(opt.state[net[2].weight]["exp_avg"][:, [1, 4]]) == 0  # fresh moments
+    assert torch.count_nonzero(opt.state[net[2].weight]["exp_avg"][:, [0, 2]]) > 0  # others kept
+
+
+def test_recycle_units_on_an_ensemble_scores_each_member_alone():
+    from crl.nets import EnsembleCWMLP
+    from crl.plasticity import dormant_mask, recycle_units
+
+    torch.manual_seed(0)
+    ens = EnsembleCWMLP(2, 5, (8, 8), 1, 1)
+    with torch.no_grad():  # kill unit 3 of the second member's second hidden layer (no normalisation follows)
+        ens.weights[1][1, :, 3] = 0.0
+        ens.biases[1][1, 0, 3] = 0.0
+    x = torch.randn(32, 5)
+    before = ens(x, 0).detach()
+    h = []
+    ens(x, 0, record=lambda layer, a: h.append(a))
+    mask = torch.stack([dormant_mask(member, 0.0) for member in h[1]])
+    assert mask.tolist() == [[False] * 8, [False] * 3 + [True] + [False] * 4]
+    w_in_before = ens.weights[1].detach().clone()
+    recycle_units(ens.weights[1], ens.biases[1], -1, ens.weights[2], -2, mask)
+    assert torch.allclose(ens(x, 0), before, atol=1e-6)
+    assert torch.equal(ens.weights[1][0], w_in_before[0])  # the first member untouched
+    assert not torch.equal(ens.weights[1][1, :, 3], w_in_before[1, :, 3]) and torch.all(ens.weights[2][1, 3] == 0)

@@ -228,3 +228,29 @@ def test_plasticity_probes_measure_actor_and_critics_at_their_cadence():
     torch.manual_seed(123)
     clone.load_state_dict(agent.state_dict())
     assert torch.equal(clone.probes["actor"].initial["body.0.weight"], agent.probes["actor"].initial["body.0.weight"])
+
+
+def test_redo_recycles_dormant_units_during_training():
+    agent = make_agent(redo_every=2, redo_tau=0.5)  # a generous τ so some units count as dormant
+    agent.observe(batch(64, 0))
+    stats = [agent._gradient_step() for _ in range(5)]
+    recycled = [s.get("redo/recycled_units") for s in stats]
+    assert recycled[0] is None and recycled[1] is None and recycled[2] > 0  # steps 2 and 4 (not 0)
+
+
+def test_shrink_perturb_and_head_reset_at_a_task_switch():
+    tasks = make_sequence("cw2").tasks
+    agent = make_agent(sp_shrink=0.5, sp_perturb=0.0, reset_layers=("critic_head",), reset_on_task=True)
+    agent.begin_task(tasks[0])
+    agent.observe(batch(64, 0))
+    agent._gradient_step()
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    critic_hidden_before = agent.critics.net.weights[0].detach().clone()
+    agent.begin_task(tasks[1])
+    assert all(torch.allclose(p, 0.5 * b) for p, b in zip(agent.actor.parameters(), actor_before))
+    assert torch.allclose(agent.critics.net.weights[0], 0.5 * critic_hidden_before)
+    head = agent.critics.net.weights[-1]
+    assert torch.count_nonzero(agent.optimizer.state[head]["exp_avg"]) == 0
+    assert torch.equal(agent.targets.net.weights[-1], head)
+    with pytest.raises(Exception, match="unknown layer group"):
+        make_agent(reset_layers=("encoder",))

@@ -34,16 +34,22 @@ def sequence(name: str, description: str) -> Callable[[SequenceBuilder], Sequenc
 
 
 CUSTOM_PREFIX = "mw:"  # --seq mw:reach-v3,window-close-v3 — any Meta-World v3 tasks, in order
+DMC_PREFIX = "dmc:"  # --seq dmc:walker-walk — any DMC tasks, in order
 
 
 def make_sequence(name: str) -> Sequence:
-    """The sequence registered as ``name``, or ``mw:<task>,<task>,...`` for a custom Meta-World
-    sequence; UsageError listing the allowed names otherwise."""
+    """The sequence registered as ``name``, or ``mw:<task>,<task>,...`` / ``dmc:<task>,...`` for a
+    custom Meta-World / DMC sequence; UsageError listing the allowed names otherwise."""
     if name.startswith(CUSTOM_PREFIX):
         return custom_metaworld_sequence(name)
+    if name.startswith(DMC_PREFIX):
+        from .dmc import custom_dmc_sequence  # envs/dmc.py registers its sequences here: import it late
+
+        return custom_dmc_sequence(name[len(DMC_PREFIX):], name)
     if name not in _BUILDERS:
         raise UsageError(f"unknown sequence '{name}'; allowed: {', '.join(sorted(_BUILDERS))}, "
-                         f"or {CUSTOM_PREFIX}<task>,<task>,... with Meta-World v3 tasks (crl list)")
+                         f"or {CUSTOM_PREFIX}<task>,<task>,... with Meta-World v3 tasks, "
+                         f"or {DMC_PREFIX}<task>,... with DMC tasks (crl list)")
     return _BUILDERS[name]()
 
 

@@ -92,3 +92,25 @@ def test_real_critic_fau_is_logged_every_update():
                               task_index=torch.zeros(8, dtype=torch.long)))
     stats = agent.update()
     assert 0 < stats["arr/critic_fau"] <= 1 and stats["arr/replay_ratio"] == 0.5
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_smoke_run_on_dmc_logs_fau_traces_and_the_switch(backend, tmp_path):
+    if backend == "envpool":
+        pytest.importorskip("envpool")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from crl.config import build_config
+    from crl.loop import train
+
+    cfg = build_config("dmc2", "arr", preset="smoke", backend=backend)
+    cfg.train.eval_episodes, cfg.train.eval_every = 1, 400
+    train(cfg, tmp_path / "run", quiet=True)
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for network in ("actor", "critic"):
+        assert f"plasticity/{network}/all/fau" in tags
+    assert "arr/critic_fau" in tags
+    ratios = [e.value for e in acc.Scalars("arr/replay_ratio")]
+    assert ratios[0] == 0.5 and 2.0 in ratios  # the smoke preset's loose τ makes the switch happen

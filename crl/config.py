@@ -1,9 +1,11 @@
 """Run configuration: YAML layers + CLI flags + ``--set`` overrides → a typed, validated RunConfig.
 
-Layers, later wins: ``configs/seq/<seq>.yaml`` → ``configs/agent/<agent>.yaml`` →
+Layers, later wins: ``configs/seq/<seq>.yaml`` → ``configs/agent/<family>.yaml`` →
+``configs/agent/<agent>.yaml`` → ``configs/domain/<domain of the sequence's tasks>.yaml`` →
 ``configs/preset/<preset>.yaml`` → ``--config FILE`` → CLI flags (``--steps-per-task`` …) → ``--set section.key=value``.
 A YAML file may hold ``train:`` (TrainConfig keys) and ``agent:`` (the agent's config keys); a
-preset holds agent keys per agent under ``agents: {<name>: {...}}`` since agents differ.
+domain or preset file holds agent keys per agent family or name under ``agents: {<name>: {...}}``
+since agents differ.
 Unknown keys and values of the wrong type are UsageErrors, never silently ignored.
 """
 
@@ -177,7 +179,9 @@ def build_config(
                     agent_config=agent_config)
     layers = []
     family = agent_family(agent)
-    for kind, name in (("seq", seq), ("agent", family), ("agent", agent if agent != family else None), ("preset", preset)):
+    domain = sequence.tasks[0].domain  # e.g. dmc: SAC settings for DMC rather than Continual World's
+    for kind, name in (("seq", seq), ("agent", family), ("agent", agent if agent != family else None),
+                       ("domain", domain), ("preset", preset)):
         path = config_dir() / kind / f"{name}.yaml"
         if name is not None and path.exists():
             layers.append((path, read_yaml(path)))

@@ -92,6 +92,15 @@ def test_layering_and_types():
     assert paper.agent_config.start_steps == 10_000
 
 
+def test_domain_layer_gives_sac_agents_dmc_settings():
+    dmc = build_config("dmc:cheetah-run", "arr", sets=["agent.lr=1e-3"])
+    assert dmc.agent_config.hidden_sizes == (256, 256) and dmc.agent_config.log_alpha_init == 0.0
+    assert dmc.agent_config.replay_ratio == 0.5  # ARR's own start ratio: the domain leaves it alone
+    assert dmc.agent_config.lr == pytest.approx(1e-3)  # --set beats the domain layer
+    cw = build_config("cw2", "ewc")
+    assert cw.agent_config.hidden_sizes == (256,) * 4 and cw.agent_config.lr == pytest.approx(1e-3)
+
+
 def test_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crl.cli", "train", "--seq", "nope", "--agent", "sac"],
                           capture_output=True, text=True, timeout=120)

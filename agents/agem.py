@@ -48,7 +48,7 @@ class AGEM(SAC):
         reference = torch.autograd.grad(reference_loss, self.projected, allow_unused=True)
         pairs = [(p.grad, r) for p, r in zip(self.projected, reference) if p.grad is not None and r is not None]
         violated = agem_project([g for g, _ in pairs], [r for _, r in pairs])
-        return {"agem_violation": torch.tensor(float(violated))}
+        return {"agem_violation": violated.float()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "memory": self.memory.state_dict()}

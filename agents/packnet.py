@@ -48,6 +48,11 @@ class PackNet(SAC):
         others = {n: p for n, p in body.items() if n not in matrices}
         self.masks = PackNetMasks(matrices, others)
 
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        if not self.cfg.reset_optimizer_on_task:  # frozen weights stay frozen only with zeroed moments
+            self._reset_optimizer_moments()
+
     def end_task(self, task: Task) -> None:
         super().end_task(task)
         if task.index == self.num_tasks - 1:

@@ -173,15 +173,15 @@ class PackNetMasks:
 
 # -- A-GEM (Chaudhry et al. 2019; CW's AGEM_SAC) -----------------------------------------------------
 
-def agem_project(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> bool:
+def agem_project(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
     """In place: if ⟨g, g_ref⟩ < 0, g ← g − ⟨g, g_ref⟩/‖g_ref‖² · g_ref over all tensors jointly, so
-    the step no longer increases the memory's loss to first order. Returns whether it projected."""
+    the step no longer increases the memory's loss to first order. Returns whether it projected (a
+    0-d bool tensor: no host sync, so the update stays asynchronous on a GPU)."""
     dot = torch.stack([(g * r).sum() for g, r in zip(grads, reference)]).sum()
-    if dot >= 0:
-        return False
     norm = torch.stack([(r * r).sum() for r in reference]).sum()
-    torch._foreach_add_(grads, reference, alpha=-(dot / norm).item())
-    return True
+    coefficient = torch.clamp(dot, max=0.0) / norm.clamp_min(1e-12)  # 0 when the gradients agree
+    torch._foreach_sub_(grads, torch._foreach_mul(reference, coefficient))
+    return dot < 0
 
 
 # -- episodic memory and Gaussian KL (ClonEx, kickstarting, A-GEM, episodic replay) -----------------

@@ -151,10 +151,10 @@ def test_agem_projection_has_non_negative_inner_product_with_the_memory_gradient
     g, ref = [torch.randn(5, 3), torch.randn(4)], [torch.randn(5, 3), torch.randn(4)]
     g[0] = -ref[0] * 2  # make them conflict
     dot_before = sum((a * b).sum() for a, b in zip(g, ref))
-    assert dot_before < 0 and agem_project(g, ref)
+    assert dot_before < 0 and bool(agem_project(g, ref))
     assert sum((a * b).sum() for a, b in zip(g, ref)).item() == pytest.approx(0.0, abs=1e-4)
     agreeing = [r.clone() for r in ref]
-    assert not agem_project(agreeing, ref) and all(torch.equal(a, r) for a, r in zip(agreeing, ref))
+    assert not bool(agem_project(agreeing, ref)) and all(torch.equal(a, r) for a, r in zip(agreeing, ref))
 
 
 def test_agem_step_never_points_against_the_memory():

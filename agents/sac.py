@@ -71,6 +71,8 @@ class SACConfig:
     reset_layers: tuple[str, ...] = ()  # any of actor, actor_head, critic, critic_head: re-initialised...
     reset_on_task: bool = False  # ...at each task switch
     reset_every: int = 0  # ...and/or every N gradient steps
+    nap: bool = False  # Normalize-and-Project (Lyle et al. 2024): LayerNorm before every nonlinearity, and
+    #                    each hidden weight matrix rescaled to its initial norm after every optimizer step
 
 
 class Actor(nn.Module):
@@ -82,7 +84,7 @@ class Actor(nn.Module):
     def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
         super().__init__()
         self.act_dim = act_dim
-        self.body = cw_mlp(in_dim, cfg.hidden_sizes)
+        self.body = cw_mlp(in_dim, cfg.hidden_sizes, norm_all=cfg.nap)
         self.head = MultiHead(cfg.hidden_sizes[-1], 2 * act_dim, num_heads)
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
 
@@ -108,7 +110,7 @@ class TwinCritic(nn.Module):
 
     def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
         super().__init__()
-        self.net = EnsembleCWMLP(2, in_dim + act_dim, cfg.hidden_sizes, 1, num_heads)
+        self.net = EnsembleCWMLP(2, in_dim + act_dim, cfg.hidden_sizes, 1, num_heads, norm_all=cfg.nap)
 
     def forward(self, x: torch.Tensor, action: torch.Tensor, head: int | torch.Tensor, *,
                 detach_params: bool = False, record=None) -> torch.Tensor:
@@ -167,6 +169,7 @@ class SAC(Agent):
             "critic": PlasticityProbe("critic", self.critics, probe_cfg, activations),  # both critics pooled
         }
         self._capture: frozenset[str] = frozenset()  # networks whose activations this gradient step measures
+        self.nap_norms = self._hidden_weight_norms() if config.nap else None
 
     # -- the Agent contract --------------------------------------------------------------------
 
@@ -336,6 +339,8 @@ class SAC(Agent):
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._online_params, 1 - cfg.polyak)
         self.gradient_steps += 1
+        if self.nap_norms is not None:
+            self._nap_project()
         if dormant is not None:
             stats["redo/recycled_units"] = torch.tensor(float(self._recycle(dormant)))
         if cfg.reset_every > 0 and cfg.reset_layers and self.gradient_steps % cfg.reset_every == 0:
@@ -370,6 +375,23 @@ class SAC(Agent):
         return sum(recycle_units(w_in, b_in, in_axis, w_out, out_axis, mask, optimizer)
                    for name, layers in self._unit_layers().items()
                    for (w_in, b_in, in_axis, w_out, out_axis), mask in zip(layers, dormant[name]))
+
+    def _hidden_weights(self) -> list[torch.Tensor]:
+        """Weight matrices followed by a normalisation when ``nap`` is on: every hidden layer of the
+        actor and of both critics (not the output heads: projecting those would change the function)."""
+        net = self.critics.net
+        return [m.weight for m in self.actor.body if isinstance(m, nn.Linear)] + list(net.weights[:-1])
+
+    def _hidden_weight_norms(self) -> list[torch.Tensor]:
+        """Frobenius norm of each hidden matrix; per critic for the (2, in, out) ensemble weights."""
+        return [w.detach().norm() if w.dim() == 2 else w.detach().norm(dim=(1, 2), keepdim=True)
+                for w in self._hidden_weights()]
+
+    @torch.no_grad()
+    def _nap_project(self) -> None:
+        for w, norm in zip(self._hidden_weights(), self.nap_norms):
+            current = w.norm() if w.dim() == 2 else w.norm(dim=(1, 2), keepdim=True)
+            w.mul_(norm / current.clamp_min(1e-12))
 
     def _fresh_networks(self) -> tuple[Actor, TwinCritic]:
         return (Actor(self._in_dim, self.act_dim, self.num_heads, self.cfg).to(self.device),
@@ -410,6 +432,7 @@ class SAC(Agent):
             "task_index": self.task_index, "task_steps": self.task_steps,
             "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps,
             "probe_initial_weights": {name: probe.initial for name, probe in self.probes.items()},
+            "nap_norms": self.nap_norms,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -422,5 +445,7 @@ class SAC(Agent):
         self.buffer.load_state_dict(state["buffer"])
         self.task_index, self.task_steps = state["task_index"], state["task_steps"]
         self.pending_updates, self.gradient_steps = state["pending_updates"], state["gradient_steps"]
+        if state["nap_norms"] is not None:
+            self.nap_norms = [n.to(self.device) for n in state["nap_norms"]]
         for name, initial in state["probe_initial_weights"].items():  # weight change stays measured from the start
             self.probes[name].initial = {k: v.to(self.device) for k, v in initial.items()}

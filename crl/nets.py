@@ -14,20 +14,20 @@ def cw_activations(hidden_sizes: tuple[int, ...]) -> dict[str, str]:
     return {str(i): "tanh" if i == 0 else "leaky_relu" for i in range(len(hidden_sizes))}
 
 
-def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False) -> nn.Sequential:
     """Continual World's body: Linear→LayerNorm→tanh, then Linear→LeakyReLU for each further layer.
 
     Matches ``continualworld/sac/models.py`` (``mlp`` with ``use_layer_norm=True``); LeakyReLU keeps
-    TF's default slope 0.2 (``tf.keras.layers.LeakyReLU`` alpha), not torch's 0.01.
+    TF's default slope 0.2 (``tf.keras.layers.LeakyReLU`` alpha), not torch's 0.01. ``norm_all``
+    puts a LayerNorm before every nonlinearity (what Normalize-and-Project needs).
     """
     layers: list[nn.Module] = []
     prev = in_dim
     for i, width in enumerate(hidden_sizes):
         layers.append(nn.Linear(prev, width))
-        if i == 0:
-            layers += [nn.LayerNorm(width), nn.Tanh()]
-        else:
-            layers.append(nn.LeakyReLU(0.2))
+        if i == 0 or norm_all:
+            layers.append(nn.LayerNorm(width))
+        layers.append(nn.Tanh() if i == 0 else nn.LeakyReLU(0.2))
         prev = width
     return nn.Sequential(*layers)
 
@@ -65,7 +65,8 @@ class EnsembleCWMLP(nn.Module):
     (U(±1/√fan_in) for weights and biases), so a member is distributed like a ``cw_mlp``.
     """
 
-    def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, num_heads: int):
+    def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, num_heads: int,
+                 *, norm_all: bool = False):
         super().__init__()
         self.members, self.out_dim, self.num_heads = members, out_dim, num_heads
         sizes = [in_dim, *hidden_sizes, out_dim * num_heads]
@@ -78,6 +79,11 @@ class EnsembleCWMLP(nn.Module):
         width = hidden_sizes[0]
         self.norm_weight = nn.Parameter(torch.ones(members, 1, width))
         self.norm_bias = nn.Parameter(torch.zeros(members, 1, width))
+        # norm_all: a LayerNorm before every further nonlinearity too (cw_mlp's norm_all)
+        self.extra_norm_weights = nn.ParameterList(
+            [nn.Parameter(torch.ones(members, 1, w)) for w in hidden_sizes[1:]] if norm_all else [])
+        self.extra_norm_biases = nn.ParameterList(
+            [nn.Parameter(torch.zeros(members, 1, w)) for w in hidden_sizes[1:]] if norm_all else [])
 
     def forward(self, x: torch.Tensor, head: int | torch.Tensor, *, detach_params: bool = False,
                 record: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
@@ -87,11 +93,14 @@ class EnsembleCWMLP(nn.Module):
         the parameters cut from autograd: gradients then reach only the inputs (SAC's actor loss
         flows through the critics without moving them). ``record(layer, h)`` receives each hidden
         layer's activations (members, n, width), e.g. for a plasticity probe."""
-        params = [*self.weights, *self.biases, self.norm_weight, self.norm_bias]
+        params = [*self.weights, *self.biases, self.norm_weight, self.norm_bias,
+                  *self.extra_norm_weights, *self.extra_norm_biases]
         if detach_params:
             params = [p.detach() for p in params]
-        n_layers = len(self.weights)
-        weights, biases, (norm_w, norm_b) = params[:n_layers], params[n_layers:2 * n_layers], params[2 * n_layers:]
+        n_layers, n_extra = len(self.weights), len(self.extra_norm_weights)
+        weights, biases = params[:n_layers], params[n_layers:2 * n_layers]
+        norm_w, norm_b = params[2 * n_layers:2 * n_layers + 2]
+        extra_w, extra_b = params[2 * n_layers + 2:2 * n_layers + 2 + n_extra], params[2 * n_layers + 2 + n_extra:]
         last = n_layers - 1
         w_out, b_out = weights[last], biases[last]
         if isinstance(head, int) and self.num_heads > 1:
@@ -102,7 +111,10 @@ class EnsembleCWMLP(nn.Module):
         if record is not None:
             record("0", h)
         for layer, (w, b) in enumerate(zip(weights[1:last], biases[1:last]), start=1):
-            h = F.leaky_relu(torch.baddbmm(b, h, w), 0.2)
+            h = torch.baddbmm(b, h, w)
+            if n_extra:
+                h = F.layer_norm(h, h.shape[-1:]) * extra_w[layer - 1] + extra_b[layer - 1]
+            h = F.leaky_relu(h, 0.2)
             if record is not None:
                 record(str(layer), h)
         out = torch.baddbmm(b_out, h, w_out)

@@ -254,3 +254,19 @@ def test_shrink_perturb_and_head_reset_at_a_task_switch():
     assert torch.equal(agent.targets.net.weights[-1], head)
     with pytest.raises(Exception, match="unknown layer group"):
         make_agent(reset_layers=("encoder",))
+
+
+def test_nap_normalises_before_every_nonlinearity_and_keeps_hidden_norms():
+    agent = make_agent(nap=True, lr=1e-2)
+    body = list(agent.actor.body)
+    assert [type(m) for m in body] == [nn.Linear, nn.LayerNorm, nn.Tanh] + [nn.Linear, nn.LayerNorm, nn.LeakyReLU] * 3
+    assert len(agent.critics.net.extra_norm_weights) == 3
+    initial = [n.clone() for n in agent.nap_norms]
+    head_before = agent.actor.head.linear.weight.norm().item()
+    agent.observe(batch(64, 0))
+    for _ in range(20):
+        agent._gradient_step()
+    for w, n in zip(agent._hidden_weights(), initial):
+        now = w.norm() if w.dim() == 2 else w.norm(dim=(1, 2), keepdim=True)
+        assert torch.allclose(now, n, rtol=1e-5)
+    assert agent.actor.head.linear.weight.norm().item() != pytest.approx(head_before)  # heads are not projected

@@ -27,7 +27,8 @@ from torch import nn
 
 from crl.core import Agent, Task, Transitions, UsageError
 from crl.nets import EnsembleCWMLP, MultiHead, cw_activations, cw_mlp
-from crl.plasticity import PlasticityProbe, ProbeConfig, dormant_mask, recycle_units, shrink_perturb
+from crl.plasticity import (DORMANT_AVERAGING, PlasticityProbe, ProbeConfig, dormant_mask, recycle_units,
+                            shrink_perturb)
 from crl.replay import ReplayBuffer
 
 
@@ -121,8 +122,10 @@ class TwinCritic(nn.Module):
 class SAC(Agent):
     """Continual World's SAC; ``observe``/``update`` are called by crl/loop.py after every vector step.
 
-    The continual methods (agents/l2.py, ewc.py, packnet.py, clonex.py, ...) subclass it and fill in
-    the hooks below, each with a shared piece from crl/continual.py; the update itself is written once:
+    The continual methods (agents/regularization.py, packnet.py, agem.py, episodic_memory.py,
+    clonex.py, kickstart.py) and Adaptive Replay Ratio (agents/arr.py) subclass it and fill in the
+    hooks below with shared pieces from crl/continual.py and crl/plasticity.py; the update itself is
+    written once:
 
     - ``_sample_batch()``: the batch of a gradient step (memories add rows of earlier tasks);
     - ``_auxiliary_loss(batch)``: a loss added to SAC's (regularisers, cloning, distillation);
@@ -138,6 +141,9 @@ class SAC(Agent):
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: SACConfig, device: torch.device):
         if config.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{config.precision}'; allowed: {', '.join(PRECISIONS)}")
+        if config.dormant_averaging not in DORMANT_AVERAGING:
+            raise UsageError(f"unknown dormant_averaging '{config.dormant_averaging}'; "
+                             f"allowed: {', '.join(DORMANT_AVERAGING)}")
         unknown = [g for g in config.reset_layers if g not in RESET_GROUPS]
         if unknown:
             raise UsageError(f"unknown layer group(s) {', '.join(unknown)} in reset_layers; allowed: {', '.join(RESET_GROUPS)}")
@@ -159,8 +165,7 @@ class SAC(Agent):
         self.pending_updates = 0.0  # gradient steps owed by the replay-ratio schedule
         self.replay_ratio = config.replay_ratio  # gradient steps per transition (Adaptive Replay Ratio changes it)
         self.gradient_steps = 0
-        probe_cfg = ProbeConfig(every=config.plasticity_every, dormant_tau=config.dormant_tau,
-                                dormant_averaging=config.dormant_averaging)
+        probe_cfg = ProbeConfig(dormant_tau=config.dormant_tau, dormant_averaging=config.dormant_averaging)
         activations = cw_activations(config.hidden_sizes)
         actor_hooks = [m for m in self.actor.body if isinstance(m, (nn.Tanh, nn.LeakyReLU))]
         self.probes = {

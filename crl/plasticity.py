@@ -120,7 +120,6 @@ def grad_norm(params: Iterable[torch.Tensor]) -> float:
 
 @dataclass
 class ProbeConfig:
-    every: int = 1000  # gradient steps between measurements (0: never)
     dormant_tau: float = 0.025  # Ma et al. / Plasticine
     dormant_averaging: str = "global"  # global (ReDo code) | per_layer (Plasticine)
     ranks: bool = True  # srank/effective/feature rank of the last hidden layer (one SVD per network)

@@ -1,6 +1,6 @@
 """ClonEx-SAC: behaviour cloning of the earlier tasks' actors, and exploration with the best of them.
 
-Paper: Wołczyk, Zając, Pascanu, Kuciński, Miłoś, "Disentangling Transfer in Continual Reinforcement
+Paper: Wołczyk et al., "Disentangling Transfer in Continual Reinforcement
 Learning", NeurIPS 2022 (reference/continual-world.md: CW20 performance 0.87).
 
 At the end of each task, ``memory_per_task`` states of its buffer are kept with the actor's output

@@ -9,17 +9,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def cw_activations(hidden_sizes: tuple[int, ...]) -> dict[str, str]:
+HIDDEN_ACTIVATIONS = ("leaky_relu", "relu")  # after the first (LayerNorm + tanh) layer
+
+
+def cw_activations(hidden_sizes: tuple[int, ...], activation: str = "leaky_relu") -> dict[str, str]:
     """The nonlinearity after each hidden layer of a CW body, by layer index (for plasticity probes)."""
-    return {str(i): "tanh" if i == 0 else "leaky_relu" for i in range(len(hidden_sizes))}
+    return {str(i): "tanh" if i == 0 else activation for i in range(len(hidden_sizes))}
 
 
-def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False) -> nn.Sequential:
+def _hidden_activation(activation: str) -> nn.Module:
+    return nn.LeakyReLU(0.2) if activation == "leaky_relu" else nn.ReLU()
+
+
+def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False,
+           activation: str = "leaky_relu") -> nn.Sequential:
     """Continual World's body: Linear→LayerNorm→tanh, then Linear→LeakyReLU for each further layer.
 
     Matches ``continualworld/sac/models.py`` (``mlp`` with ``use_layer_norm=True``); LeakyReLU keeps
     TF's default slope 0.2 (``tf.keras.layers.LeakyReLU`` alpha), not torch's 0.01. ``norm_all``
-    puts a LayerNorm before every nonlinearity (what Normalize-and-Project needs).
+    puts a LayerNorm before every nonlinearity (what Normalize-and-Project needs); ``activation="relu"``
+    uses ReLU after the first layer (FAU-based rules assume units that can be exactly 0).
     """
     layers: list[nn.Module] = []
     prev = in_dim
@@ -27,7 +36,7 @@ def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False
         layers.append(nn.Linear(prev, width))
         if i == 0 or norm_all:
             layers.append(nn.LayerNorm(width))
-        layers.append(nn.Tanh() if i == 0 else nn.LeakyReLU(0.2))
+        layers.append(nn.Tanh() if i == 0 else _hidden_activation(activation))
         prev = width
     return nn.Sequential(*layers)
 
@@ -66,9 +75,10 @@ class EnsembleCWMLP(nn.Module):
     """
 
     def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, num_heads: int,
-                 *, norm_all: bool = False):
+                 *, norm_all: bool = False, activation: str = "leaky_relu"):
         super().__init__()
         self.members, self.out_dim, self.num_heads = members, out_dim, num_heads
+        self.activation = activation
         sizes = [in_dim, *hidden_sizes, out_dim * num_heads]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -114,7 +124,7 @@ class EnsembleCWMLP(nn.Module):
             h = torch.baddbmm(b, h, w)
             if n_extra:
                 h = F.layer_norm(h, h.shape[-1:]) * extra_w[layer - 1] + extra_b[layer - 1]
-            h = F.leaky_relu(h, 0.2)
+            h = F.leaky_relu(h, 0.2) if self.activation == "leaky_relu" else F.relu(h)
             if record is not None:
                 record(str(layer), h)
         out = torch.baddbmm(b_out, h, w_out)

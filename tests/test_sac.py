@@ -270,3 +270,16 @@ def test_nap_normalises_before_every_nonlinearity_and_keeps_hidden_norms():
         now = w.norm() if w.dim() == 2 else w.norm(dim=(1, 2), keepdim=True)
         assert torch.allclose(now, n, rtol=1e-5)
     assert agent.actor.head.linear.weight.norm().item() != pytest.approx(head_before)  # heads are not projected
+
+
+def test_relu_option_gives_probes_exactly_dead_units():
+    agent = make_agent(activation="relu", plasticity_every=1)
+    assert [type(m) for m in agent.actor.body][3:5] == [nn.Linear, nn.ReLU]
+    agent.observe(batch(64, 0))
+    stats = agent._gradient_step()
+    assert 0 < stats["plasticity/critic/1/fau"] < 1  # ReLU: some units exactly 0 on the batch
+    h = []
+    agent.critics.net(torch.randn(5, OBS + ACT), 0, record=lambda layer, a: h.append(a))
+    assert (h[1] >= 0).all()
+    with pytest.raises(Exception, match="unknown activation 'gelu'"):
+        make_agent(activation="gelu")

@@ -81,8 +81,8 @@ def cmd_list() -> None:
     print("sequences:")
     for name in SEQUENCES:
         seq = make_sequence(name)
-        print(f"  {name:<8} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
-        print("           " + ", ".join(seq.labels))
+        print(f"  {name:<14} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
+        print(" " * 17 + ", ".join(seq.labels))
     print("agents:")
     for name, (_, _, _, desc, _) in AGENTS.items():
         print(f"  {name:<15} {desc}")

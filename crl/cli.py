@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crl: interrupted; the last checkpoint is kept (crl train --resume RUN_DIR continues)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `crl list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -39,7 +39,7 @@ RESET_GROUPS = ("actor", "actor_head", "critic", "critic_head")
 @dataclass
 class SACConfig:
     hidden_sizes: tuple[int, ...] = (256, 256, 256, 256)  # body widths (CW: 4×256)
-    activation: str = "leaky_relu"  # after the first layer (CW: LeakyReLU 0.2) | relu (Ma et al.'s ARR critics)
+    activation: str = "leaky_relu"  # after the first layer: leaky_relu (CW, slope 0.2) | relu (Ma et al.'s critics)
     lr: float = 1e-3  # one Adam for actor, critics and α (CW CL runs: 1e-3)
     batch_size: int = 128  # CW: 128
     buffer_size: int = 1_000_000  # FIFO capacity (CW: 1e6)

@@ -28,7 +28,7 @@ def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False
     Matches ``continualworld/sac/models.py`` (``mlp`` with ``use_layer_norm=True``); LeakyReLU keeps
     TF's default slope 0.2 (``tf.keras.layers.LeakyReLU`` alpha), not torch's 0.01. ``norm_all``
     puts a LayerNorm before every nonlinearity (what Normalize-and-Project needs); ``activation="relu"``
-    uses ReLU after the first layer (FAU-based rules assume units that can be exactly 0).
+    uses ReLU after the first layer (as the critics of Ma et al.'s Adaptive Replay Ratio).
     """
     layers: list[nn.Module] = []
     prev = in_dim

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crl.continual import ParameterRegularizer, l2_importance
 from crl.core import Agent, Task, Transitions, UsageError
 from crl.lora import LoRAPool, PromptPool
 from crl.pretrain import PretrainConfig, load_or_pretrain, weight_decay_groups
@@ -113,8 +114,9 @@ class L2M(Agent):
         self.inv_counts = torch.ones(n_select, device=device)  # refreshed at task switches only (L2M)
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
-        self.fisher: list[torch.Tensor] | None = None  # EWC/L2 importance, summed over finished tasks
-        self.anchor: list[torch.Tensor] | None = None  # backbone weights at the last task end
+        # EWC/L2: importance summed over finished tasks, anchored at the backbone after the last one
+        self.regularizer = (ParameterRegularizer(dict(self.backbone.named_parameters()), config.ewc_lambda / 2)
+                            if self.method in ("ewc", "l2") else None)
         self.task_index = 0
         self.sampler = None
         self._sampler_task: str | None = None
@@ -231,10 +233,10 @@ class L2M(Agent):
             selected = torch.bincount(idx.flatten(), minlength=self.counts.numel()).float()
             self.counts += selected
             self.usage[self.task_index] += selected
-        if self.fisher is not None:
-            penalty = sum((f * (p - a) ** 2).sum() for f, p, a in zip(self.fisher, self.backbone.parameters(), self.anchor))
-            loss = loss + self.cfg.ewc_lambda / 2 * penalty
-            stats["consolidation"] = penalty.detach()
+        distance = None if self.regularizer is None else self.regularizer.distance()
+        if distance is not None:
+            loss = loss + self.regularizer.coef * distance
+            stats["consolidation"] = distance.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.grad_clip)
@@ -247,20 +249,20 @@ class L2M(Agent):
     def _consolidate(self) -> None:
         """EWC: add this task's diagonal Fisher (squared gradients of the action loss over
         ``fisher_batches`` batches); L2: importance 1 everywhere. Anchor at the current weights."""
-        params = list(self.backbone.parameters())
+        params = dict(self.backbone.named_parameters())
         if self.method == "l2":
-            importance = [torch.ones_like(p) for p in params]
+            importance = l2_importance(params)
         else:
-            importance = [torch.zeros_like(p) for p in params]
+            importance = {n: torch.zeros_like(p) for n, p in params.items()}
             for _ in range(self.cfg.fisher_batches):
                 b = self.sampler.sample(self.cfg.batch_size)
                 logits = self.backbone(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
-                grads = torch.autograd.grad(self.backbone.loss(logits, b["actions"], b["mask"]), params, allow_unused=True)
-                for f, g in zip(importance, grads):
+                grads = torch.autograd.grad(self.backbone.loss(logits, b["actions"], b["mask"]), list(params.values()),
+                                            allow_unused=True)
+                for f, g in zip(importance.values(), grads):
                     if g is not None:
                         f += g.detach() ** 2 / self.cfg.fisher_batches
-        self.fisher = importance if self.fisher is None else [f + i for f, i in zip(self.fisher, importance)]
-        self.anchor = [p.detach().clone() for p in params]
+        self.regularizer.consolidate(importance)
 
     # -- acting (batched, task-agnostic except l2m-oracle and the RTG target) ---------------------
 
@@ -337,7 +339,7 @@ class L2M(Agent):
             "prompts": None if self.prompts is None else self.prompts.state_dict(),
             "counts": self.counts.cpu(), "inv_counts": self.inv_counts.cpu(), "usage": self.usage.cpu(),
             "optimizer": self.optimizer.state_dict(),
-            "fisher": self.fisher, "anchor": self.anchor,
+            "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
             "task_index": self.task_index, "gradient_steps": self.gradient_steps,
             "sampler": None if self.sampler is None else self.sampler.state_dict(),
             "sampler_task": None if self.sampler is None else self._sampler_task,
@@ -357,8 +359,8 @@ class L2M(Agent):
         self.inv_counts = state["inv_counts"].to(self.device)
         self.usage = state["usage"].to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
-        to_device = (lambda ts: None if ts is None else [t.to(self.device) for t in ts])
-        self.fisher, self.anchor = to_device(state["fisher"]), to_device(state["anchor"])
+        if self.regularizer is not None:
+            self.regularizer.load_state_dict(state["regularizer"])
         self.task_index, self.gradient_steps = state["task_index"], state["gradient_steps"]
         if state["sampler"] is not None:
             from crl.envs.data import WindowSampler

@@ -374,9 +374,8 @@ class SAC(Agent):
         for the actor, (2, width) for the twin critics (each critic's units scored on its own)."""
         masks = {}
         for name, probe in self.probes.items():
-            layers = [probe.captured[str(i)] for i in range(len(probe.captured))]
             masks[name] = [dormant_mask(h, tau) if h.dim() == 2 else torch.stack([dormant_mask(m, tau) for m in h])
-                           for h in layers]
+                           for h in probe.captured.values()]  # captured in layer order
         return masks
 
     def _recycle(self, dormant: dict[str, list[torch.Tensor]]) -> int:
@@ -391,15 +390,14 @@ class SAC(Agent):
         net = self.critics.net
         return [m.weight for m in self.actor.body if isinstance(m, nn.Linear)] + list(net.weights[:-1])
 
+    @torch.no_grad()
     def _hidden_weight_norms(self) -> list[torch.Tensor]:
         """Frobenius norm of each hidden matrix; per critic for the (2, in, out) ensemble weights."""
-        return [w.detach().norm() if w.dim() == 2 else w.detach().norm(dim=(1, 2), keepdim=True)
-                for w in self._hidden_weights()]
+        return [w.norm() if w.dim() == 2 else w.norm(dim=(1, 2), keepdim=True) for w in self._hidden_weights()]
 
     @torch.no_grad()
     def _nap_project(self) -> None:
-        for w, norm in zip(self._hidden_weights(), self.nap_norms):
-            current = w.norm() if w.dim() == 2 else w.norm(dim=(1, 2), keepdim=True)
+        for w, norm, current in zip(self._hidden_weights(), self.nap_norms, self._hidden_weight_norms()):
             w.mul_(norm / current.clamp_min(1e-12))
 
     def _fresh_networks(self) -> tuple[Actor, TwinCritic]:

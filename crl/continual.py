@@ -39,11 +39,15 @@ class ParameterRegularizer:
             self.weights[name] += importance[name].detach()
         self.consolidations += 1
 
-    def penalty(self) -> torch.Tensor | None:
+    def distance(self) -> torch.Tensor | None:
+        """Σ_i w_i (θ_i − θ*_i)², without the coefficient; None before the first consolidation."""
         if not self.consolidations:
             return None
-        total = sum(((p - self.anchors[n]) ** 2 * self.weights[n]).sum() for n, p in self.params.items())
-        return self.coef * total
+        return sum(((p - self.anchors[n]) ** 2 * self.weights[n]).sum() for n, p in self.params.items())
+
+    def penalty(self) -> torch.Tensor | None:
+        distance = self.distance()
+        return None if distance is None else self.coef * distance
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchors": self.anchors, "weights": self.weights, "consolidations": self.consolidations}

@@ -103,15 +103,11 @@ class EnsembleCWMLP(nn.Module):
         the parameters cut from autograd: gradients then reach only the inputs (SAC's actor loss
         flows through the critics without moving them). ``record(layer, h)`` receives each hidden
         layer's activations (members, n, width), e.g. for a plasticity probe."""
-        params = [*self.weights, *self.biases, self.norm_weight, self.norm_bias,
-                  *self.extra_norm_weights, *self.extra_norm_biases]
-        if detach_params:
-            params = [p.detach() for p in params]
-        n_layers, n_extra = len(self.weights), len(self.extra_norm_weights)
-        weights, biases = params[:n_layers], params[n_layers:2 * n_layers]
-        norm_w, norm_b = params[2 * n_layers:2 * n_layers + 2]
-        extra_w, extra_b = params[2 * n_layers + 2:2 * n_layers + 2 + n_extra], params[2 * n_layers + 2 + n_extra:]
-        last = n_layers - 1
+        use = (lambda t: t.detach()) if detach_params else (lambda t: t)
+        weights, biases = [use(w) for w in self.weights], [use(b) for b in self.biases]
+        norm_w, norm_b = use(self.norm_weight), use(self.norm_bias)
+        extra_w, extra_b = [use(w) for w in self.extra_norm_weights], [use(b) for b in self.extra_norm_biases]
+        last = len(weights) - 1
         w_out, b_out = weights[last], biases[last]
         if isinstance(head, int) and self.num_heads > 1:
             cols = slice(head * self.out_dim, (head + 1) * self.out_dim)
@@ -122,7 +118,7 @@ class EnsembleCWMLP(nn.Module):
             record("0", h)
         for layer, (w, b) in enumerate(zip(weights[1:last], biases[1:last]), start=1):
             h = torch.baddbmm(b, h, w)
-            if n_extra:
+            if extra_w:
                 h = F.layer_norm(h, h.shape[-1:]) * extra_w[layer - 1] + extra_b[layer - 1]
             h = F.leaky_relu(h, 0.2) if self.activation == "leaky_relu" else F.relu(h)
             if record is not None:

@@ -75,31 +75,33 @@ def singular_values(features: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(features.detach().float().reshape(-1, features.shape[-1]))
 
 
-def srank_delta(features: torch.Tensor, delta: float = 0.01) -> int:
-    """min{k : Σ_{i≤k} σ_i / Σ σ ≥ 1 − δ} (Kumar et al., ICLR 2021)."""
-    s = singular_values(features)
+def srank_delta(features: torch.Tensor, delta: float = 0.01, *, s: torch.Tensor | None = None) -> int:
+    """min{k : Σ_{i≤k} σ_i / Σ σ ≥ 1 − δ} (Kumar et al., ICLR 2021). ``s``: the singular values, if
+    already computed (the rank metrics share one SVD)."""
+    s = singular_values(features) if s is None else s
     cumulative = torch.cumsum(s, 0) / s.sum()
     return int((cumulative < 1 - delta).sum()) + 1
 
 
-def effective_rank(features: torch.Tensor) -> float:
+def effective_rank(features: torch.Tensor, *, s: torch.Tensor | None = None) -> float:
     """exp(−Σ p_k log p_k), p_k = σ_k / Σ σ (Roy & Vetterli 2007; no mean-centring)."""
-    s = singular_values(features)
+    s = singular_values(features) if s is None else s
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def stable_rank_classic(features: torch.Tensor) -> float:
+def stable_rank_classic(features: torch.Tensor, *, s: torch.Tensor | None = None) -> float:
     """‖Φ‖_F² / σ₁² (the classical stable rank, not what Plasticine calls stable rank)."""
-    s = singular_values(features)
+    s = singular_values(features) if s is None else s
     return float((s ** 2).sum() / s[0] ** 2)
 
 
-def feature_rank_eps(features: torch.Tensor, eps: float = 0.01) -> int:
+def feature_rank_eps(features: torch.Tensor, eps: float = 0.01, *, s: torch.Tensor | None = None) -> int:
     """#{σ_i(Φ/√n) > ε} (Lyle et al., ICLR 2022)."""
     n = features.reshape(-1, features.shape[-1]).shape[0]
-    return int((singular_values(features) / math.sqrt(n) > eps).sum())
+    s = singular_values(features) if s is None else s
+    return int((s / math.sqrt(n) > eps).sum())
 
 
 def weight_magnitude(weight: torch.Tensor) -> float:
@@ -177,10 +179,10 @@ class PlasticityProbe:
             out[f"{prefix}/all/dormant_ratio"] = dormant_ratio(layers.values(), cfg.dormant_tau, cfg.dormant_averaging)
             if cfg.ranks:
                 last = list(layers.values())[-1]
-                last = last.reshape(-1, last.shape[-1])
-                out[f"{prefix}/last/srank_delta"] = srank_delta(last)
-                out[f"{prefix}/last/effective_rank"] = effective_rank(last)
-                out[f"{prefix}/last/feature_rank_eps"] = feature_rank_eps(last)
+                s = singular_values(last)
+                out[f"{prefix}/last/srank_delta"] = srank_delta(last, s=s)
+                out[f"{prefix}/last/effective_rank"] = effective_rank(last, s=s)
+                out[f"{prefix}/last/feature_rank_eps"] = feature_rank_eps(last, s=s)
         for pname, p in self.network.named_parameters():
             if pname in self.initial:
                 out[f"{prefix}/{pname}/weight_magnitude"] = weight_magnitude(p)

@@ -60,7 +60,8 @@ class SACConfig:
     reset_critic_on_task: bool = False
     reservoir_buffer: bool = False  # reservoir sampling once full instead of FIFO (perfect memory)
     clip_grad_norm: float | None = None  # clip actor, critic and α gradients to this global norm (CW: none)
-    precision: str = "fp32"  # fp32 | bf16: the update's matmuls in bfloat16 (autocast; weights, Adam, replay stay fp32)
+    precision: str = "fp32"  # fp32 | bf16: the update's hidden-layer matmuls in bfloat16 (autocast); output layers,
+    #                          losses, weights, Adam and replay stay fp32 (crl/nets.py full_precision_output)
     plasticity_every: int = 1000  # gradient steps between plasticity measurements of actor and critics (0: off)
     dormant_tau: float = 0.025  # τ of the dormant-unit ratio (Ma et al.; Plasticine)
     dormant_averaging: str = "global"  # global (ReDo's code) | per_layer (Plasticine)
@@ -95,15 +96,20 @@ class Actor(nn.Module):
         mu, log_std = self.head(self.body(x), head).split(self.act_dim, -1)
         return mu, log_std.clamp(self.log_std_min, self.log_std_max)
 
+    def act(self, x: torch.Tensor, head: int | torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The action alone (what ``forward`` returns first, same noise draw), without its log-probability."""
+        mu, log_std = self.distribution(x, head)
+        return torch.tanh(mu if deterministic else mu + log_std.exp() * torch.randn_like(mu))
+
     def forward(self, x: torch.Tensor, head: int | torch.Tensor, deterministic: bool = False):
         """Returns (action in [−1, 1], log-probability of it)."""
         mu, log_std = self.distribution(x, head)
-        std = log_std.exp()
-        u = mu if deterministic else mu + std * torch.randn_like(mu)
-        # Gaussian log-density of u, then the tanh change of variables in its stable form
-        # (Spinning-Up / CW: 2·(log 2 − u − softplus(−2u))).
-        logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        logp = logp - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        noise = torch.zeros_like(mu) if deterministic else torch.randn_like(mu)
+        u = mu + log_std.exp() * noise
+        # Gaussian log-density of u ((u − μ)/σ is the noise itself, with the same gradients), then the
+        # tanh change of variables in its stable form (Spinning-Up / CW: 2·(log 2 − u − softplus(−2u))).
+        logp = -(0.5 * noise.square() + log_std + 2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        logp = logp - 0.5 * math.log(2 * math.pi) * self.act_dim
         return torch.tanh(u), logp
 
 
@@ -214,16 +220,20 @@ class SAC(Agent):
         if counted > 0:
             self.pending_updates += counted * self.replay_ratio
 
-    def update(self) -> dict[str, float]:
+    def update(self) -> dict[str, torch.Tensor]:
         if self.pending_updates < self.cfg.update_every * self.replay_ratio:
             return {}
         n_steps = int(self.pending_updates)
         self.pending_updates -= n_steps
-        merged: dict[str, list] = {}
-        for step_stats in (self._gradient_step() for _ in range(n_steps)):
-            for k, v in step_stats.items():  # some keys (plasticity) come from a few steps only
-                merged.setdefault(k, []).append(torch.as_tensor(v, dtype=torch.float32))
-        return {k: torch.stack(v).mean().item() for k, v in merged.items()}
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        for _ in range(n_steps):
+            for k, v in self._gradient_step().items():  # some keys (plasticity) come from a few steps only
+                sums[k] = sums[k] + v if k in sums else torch.as_tensor(v, dtype=torch.float32)
+                counts[k] = counts.get(k, 0) + 1
+        # 0-d tensors, read by the monitor when it writes (no host sync per update on a GPU, and no
+        # .item() per stat per env step at update_every=1)
+        return {k: v / counts[k] if counts[k] > 1 else v for k, v in sums.items()}
 
     # -- hooks for the continual methods ---------------------------------------------------------
 
@@ -247,8 +257,7 @@ class SAC(Agent):
         return torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
 
     def _policy_actions(self, obs: torch.Tensor, task_index: int | torch.Tensor, deterministic: bool) -> torch.Tensor:
-        action, _ = self.actor(self._body_input(obs, task_index), self._heads(task_index), deterministic=deterministic)
-        return action
+        return self.actor.act(self._body_input(obs, task_index), self._heads(task_index), deterministic=deterministic)
 
     # -- internals ------------------------------------------------------------------------------
 

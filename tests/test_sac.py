@@ -10,7 +10,7 @@ from torch import nn
 
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
-from crl.nets import MultiHead
+from crl.nets import MultiHead, Tanh, fast_tanh
 from crl.envs import make_sequence
 
 OBS, ACT, TASKS = 39, 4, 3
@@ -32,7 +32,7 @@ def batch(n: int, task: int) -> Transitions:
 def test_continual_world_architecture():
     agent = SAC(OBS, ACT, 10, SACConfig(), torch.device("cpu"))
     body = list(agent.actor.body)
-    assert [type(m) for m in body[:3]] == [nn.Linear, nn.LayerNorm, nn.Tanh]
+    assert [type(m) for m in body[:3]] == [nn.Linear, nn.LayerNorm, Tanh]
     assert [type(m) for m in body[3:]] == [nn.Linear, nn.LeakyReLU] * 3
     assert all(m.out_features == 256 for m in body if isinstance(m, nn.Linear))
     assert body[0].in_features == OBS  # hide_task_id: the body never sees the one-hot
@@ -201,6 +201,22 @@ def test_bf16_update_follows_the_fp32_gradient():
     assert math.isfinite(stats["critic_loss"].item()) and all(p.dtype == torch.float32 for p in agent.actor.parameters())
 
 
+def test_bf16_keeps_the_output_layers_in_fp32():
+    """Q-values and (μ, log σ) come out of an fp32 output layer even in a bf16 update: a Q of ~300 keeps
+    fp32-level resolution of its head (bf16 would round it to steps of 2)."""
+    agent = make_agent(precision="bf16")
+    with torch.no_grad():
+        agent.critics.net.biases[-1].fill_(300.0)
+    x, action = torch.randn(32, OBS), torch.rand(32, ACT) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = agent.critics(x, action, 1)
+        mu, log_std = agent.actor.distribution(x, 1)
+    assert q.dtype == mu.dtype == log_std.dtype == torch.float32
+    assert q.std() < 1 and len(torch.unique(q)) > 50  # spread < 1 yet distinct: no bf16 grid of step 2
+    q_fp32 = agent.critics(x, action, 1)
+    assert (q - q_fp32).abs().max() < 0.05
+
+
 def test_unknown_precision_is_a_usage_error():
     from crl.core import UsageError
 
@@ -256,10 +272,44 @@ def test_shrink_perturb_and_head_reset_at_a_task_switch():
         make_agent(reset_layers=("encoder",))
 
 
+def test_actor_log_probability_is_the_tanh_squashed_gaussian_density():
+    from torch.distributions import Normal, TanhTransform, TransformedDistribution
+
+    agent = make_agent()
+    x = torch.randn(64, OBS)
+    torch.manual_seed(3)
+    action, logp = agent.actor(x, 2)
+    torch.manual_seed(3)
+    assert torch.equal(agent.actor.act(x, 2), action)  # act(): the same draw without the density
+    mu, log_std = agent.actor.distribution(x, 2)
+    squashed = TransformedDistribution(Normal(mu, log_std.exp()), [TanhTransform()])
+    clipped = action.clamp(-1 + 1e-6, 1 - 1e-6)  # atanh of exactly ±1 is infinite
+    inside = (action.abs() < 1 - 1e-4).all(-1)
+    assert inside.sum() > 10
+    assert torch.allclose(logp[inside], squashed.log_prob(clipped).sum(-1)[inside], atol=1e-3)
+    deterministic, _ = agent.actor(x, 2, deterministic=True)
+    assert torch.equal(deterministic, torch.tanh(mu))
+
+
+def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
+    x = torch.cat([torch.randn(4096) * 3, torch.tensor([0.0, 1e-6, -1e-6, 20.0, -20.0, 100.0, -100.0])])
+    x.requires_grad_(True)
+    grad_out = torch.randn_like(x)
+    (fast_grad,) = torch.autograd.grad(fast_tanh(x), x, grad_out)
+    (ref_grad,) = torch.autograd.grad(torch.tanh(x), x, grad_out)
+    assert (fast_tanh(x) - torch.tanh(x)).abs().max() < 3e-7
+    assert torch.allclose(fast_grad, ref_grad, atol=2e-6)
+    assert fast_tanh(torch.tensor([100.0, -100.0])).tolist() == [1.0, -1.0]  # saturates, no inf/inf
+    # per-sample Jacobians (EWC/MAS importances use torch.func over the actor)
+    from torch.func import jacrev, vmap
+    xs = torch.randn(5, 3)
+    assert torch.allclose(vmap(jacrev(fast_tanh))(xs), vmap(jacrev(torch.tanh))(xs), atol=2e-6)
+
+
 def test_nap_normalises_before_every_nonlinearity_and_keeps_hidden_norms():
     agent = make_agent(nap=True, lr=1e-2)
     body = list(agent.actor.body)
-    assert [type(m) for m in body] == [nn.Linear, nn.LayerNorm, nn.Tanh] + [nn.Linear, nn.LayerNorm, nn.LeakyReLU] * 3
+    assert [type(m) for m in body] == [nn.Linear, nn.LayerNorm, Tanh] + [nn.Linear, nn.LayerNorm, nn.LeakyReLU] * 3
     assert len(agent.critics.net.extra_norm_weights) == 3
     initial = [n.clone() for n in agent.nap_norms]
     head_before = agent.actor.head.linear.weight.norm().item()

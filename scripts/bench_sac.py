@@ -18,7 +18,8 @@ Both agents are measured in the same run, on the same machine, under the same co
   gradient steps done in the window is checked and printed). Nothing is subtracted: both sides time
   act + env step + store + update. The timed phase runs in ``--rounds`` interleaved rounds (crl,
   crl, SB3, crl, ...), so background load on a shared machine falls on every contender alike.
-- Same torch thread count (``--threads``, default 1; ``torch.set_num_threads`` before anything).
+- Same torch thread count (``--threads``, default 1). ``--threads 1,2`` measures every contender at 1 and
+  then at 2 threads in the same run (``torch.set_num_threads`` between the two).
 - Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
   ``agent._gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
 
@@ -27,8 +28,8 @@ head; crl's are Continual World's (Linear→LayerNorm→tanh first layer, LeakyR
 others, one output head and one α per task; ``--heads`` of them, default 10 as in CW10, the task
 being at position 0). crl updates actor, critics and α with one fused Adam; SB3 uses three Adams.
 
-    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 thread
-    python scripts/bench_sac.py --threads 2
+    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 thread, fp32
+    python scripts/bench_sac.py --threads 1,2 --precision fp32,bf16
     python scripts/bench_sac.py --task reach-v3 --steps 1000 --backend envpool
 """
 
@@ -49,17 +50,15 @@ from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task, resolve_b
 class CrlContender:
     """crl's SAC driven by the inner loop of crl/loop.py (act → VecEnv.step → observe → update)."""
 
-    def __init__(self, args, update_every: int):
+    def __init__(self, args, update_every: int, precision: str):
         from crl.agents.sac import SAC, SACConfig
 
         seed_everything(args.seed)
-        self.name, self.device = f"crl SAC (update_every={update_every})", torch.device("cpu")
+        self.name, self.device = f"crl SAC {precision} (update_every={update_every})", torch.device("cpu")
         self.update_every = update_every
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
                         update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
-                        precision=args.precision)
-        if args.precision != "fp32":
-            self.name += f" {args.precision}"
+                        precision=precision)
         self.task = metaworld_task(args.task, 0, args.heads)
         self.agent = SAC(self.task.obs_dim, self.task.act_dim, args.heads, cfg, self.device)
         self.agent.begin_task(self.task)
@@ -149,8 +148,6 @@ def measure(contenders: list, args) -> list[dict]:
             t0 = time.perf_counter()
             c.run_updates(args.update_calls // args.rounds)
             totals[c.name]["update_seconds"] += time.perf_counter() - t0
-    for c in contenders:
-        c.close()
     n_updates = args.update_calls // args.rounds * args.rounds
     return [{"name": name, "steps": t["steps"], "updates": t["updates"], "sps": t["steps"] / t["seconds"],
              "ups": n_updates / t["update_seconds"]} for name, t in totals.items()]
@@ -162,7 +159,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000,
                         help="timed env steps per agent, each with one update (default: %(default)s; crl's "
                              "update_every=50 run rounds it up to a multiple of 50)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (default: %(default)s)")
+    parser.add_argument("--threads", default="1",
+                        help="torch threads for both, or a comma list measured one after another in the same run "
+                             "(e.g. 1,2) (default: %(default)s)")
     parser.add_argument("--backend", default="gymnasium", choices=["gymnasium", "envpool", "auto"],
                         help="crl's VecEnv backend; gymnasium = the same Python env SB3 steps (default: %(default)s)")
     parser.add_argument("--learning-starts", type=int, default=1000,
@@ -174,41 +173,54 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=10, help="crl output heads / α's (CW10: 10) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="crl's update precision (SB3 always fp32) (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32",
+                        help="crl's update precision(s), comma-separated: fp32, bf16 (SB3 always fp32) (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="interleaved timing rounds; each contender runs steps/rounds per round (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-sb3", action="store_true", help="measure crl only (no ratio)")
     args = parser.parse_args()
+    try:
+        thread_counts = [int(t) for t in args.threads.split(",")]
+        precisions = args.precision.split(",")
+        if any(t < 1 for t in thread_counts) or not set(precisions) <= {"fp32", "bf16"}:
+            raise ValueError
+    except ValueError:
+        parser.exit(2, f"bad --threads {args.threads!r} or --precision {args.precision!r}: threads are "
+                       "positive integers, precisions fp32 or bf16, comma-separated\n")
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(thread_counts[0])
     backend = resolve_backend(args.backend)
     print(f"task {args.task}, 1 env, crl backend {backend}, torch {torch.__version__}, "
-          f"torch threads {torch.get_num_threads()} (both), batch {args.batch_size}, 4x256 actor + twin critics")
+          f"torch threads {args.threads} (both), batch {args.batch_size}, 4x256 actor + twin critics")
     print(f"warm-up {args.learning_starts} random steps + >= {args.warmup_updates} steps with updates; "
           f"timed {args.steps} env steps at 1 gradient step per env step; pure update rate over "
           f"{args.update_calls} gradient steps")
     print(f"architecture: crl = Continual World MLP (Linear-LayerNorm-tanh, then LeakyReLU), {args.heads} heads, "
           f"one fused Adam, update in {args.precision}; SB3 = Linear+ReLU MLP, single head, 3 Adams, fp32")
-    print()
 
-    contenders = [CrlContender(args, 50), CrlContender(args, 1)]
+    contenders = [CrlContender(args, update_every, precision) for precision in precisions for update_every in (50, 1)]
     if not args.skip_sb3:
         contenders.append(SB3Contender(args))
-    results = measure(contenders, args)
-
-    print(f"{'name':32s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
-    for r in results:
-        print(f"{r['name']:32s} {r['sps']:12.1f} {r['ups']:10.1f} {r['steps']:12d} {r['updates']:21d}")
-    if not args.skip_sb3:
-        sb3 = results[-1]["sps"]
-        for r in results[:-1]:
-            print(f"ratio {r['name']} / SB3 (env-steps/s): {r['sps'] / sb3:.2f}")
-    print(f"(benchmark wall time {time.perf_counter() - START:.0f} s)")
-    if not args.skip_sb3:
-        # crl with its default (Continual World) schedule, update_every=50
-        print(f"ratio crl/sb3 (env-steps/s): {results[0]['sps'] / results[-1]['sps']:.2f}")
+    headline = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        results = measure(contenders, args)
+        print(f"\n-- {threads} torch thread(s) --")
+        print(f"{'name':36s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
+        for r in results:
+            print(f"{r['name']:36s} {r['sps']:12.1f} {r['ups']:10.1f} {r['steps']:12d} {r['updates']:21d}")
+        if not args.skip_sb3:
+            sb3 = results[-1]["sps"]
+            for r in results[:-1]:
+                print(f"ratio {r['name']} / SB3 (env-steps/s): {r['sps'] / sb3:.2f}")
+            # crl with its default (Continual World) schedule, update_every=50, in the first precision given
+            headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precisions[0]}): "
+                            f"{results[0]['sps'] / sb3:.2f}")
+    for c in contenders:
+        c.close()
+    print(f"\n(benchmark wall time {time.perf_counter() - START:.0f} s)")
+    print("\n".join(headline))
 
 
 if __name__ == "__main__":

@@ -60,8 +60,8 @@ class SACConfig:
     reset_critic_on_task: bool = False
     reservoir_buffer: bool = False  # reservoir sampling once full instead of FIFO (perfect memory)
     clip_grad_norm: float | None = None  # clip actor, critic and α gradients to this global norm (CW: none)
-    precision: str = "fp32"  # fp32 | bf16: the update's hidden-layer matmuls in bfloat16 (autocast); output layers,
-    #                          losses, weights, Adam and replay stay fp32 (crl/nets.py full_precision_output)
+    precision: str = "fp32"  # fp32 | bf16: the update's hidden-to-hidden matmuls in bfloat16 (autocast); input and
+    #                          output layers, losses, weights, Adam and replay stay fp32 (crl/nets.py in_fp32)
     plasticity_every: int = 1000  # gradient steps between plasticity measurements of actor and critics (0: off)
     dormant_tau: float = 0.025  # τ of the dormant-unit ratio (Ma et al.; Plasticine)
     dormant_averaging: str = "global"  # global (ReDo's code) | per_layer (Plasticine)

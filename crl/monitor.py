@@ -60,7 +60,7 @@ class Monitor:
             total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
             disable=None if not os.environ.get("CRL_FORCE_PROGRESS") else False,
         )
-        self._train_sums: dict[str, float] = {}
+        self._train_sums: dict[str, Any] = {}  # floats or 0-d tensors (read once, when written)
         self._train_counts: dict[str, int] = {}
         self._fps_time, self._fps_step = time.perf_counter(), start_step
 
@@ -73,7 +73,8 @@ class Monitor:
         if self.bar is not None:
             self.bar.update(n)
 
-    def add_train_stats(self, stats: dict[str, float]) -> None:
+    def add_train_stats(self, stats: dict[str, Any]) -> None:
+        """Accumulate an update's stats (floats or 0-d tensors: summing tensors needs no host sync)."""
         for k, v in stats.items():
             self._train_sums[k] = self._train_sums.get(k, 0.0) + v
             self._train_counts[k] = self._train_counts.get(k, 0) + 1

@@ -10,7 +10,7 @@ from torch import nn
 
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
-from crl.nets import MultiHead, Tanh, fast_tanh
+from crl.nets import FP32Linear, MultiHead, Tanh, fast_tanh
 from crl.envs import make_sequence
 
 OBS, ACT, TASKS = 39, 4, 3
@@ -32,7 +32,7 @@ def batch(n: int, task: int) -> Transitions:
 def test_continual_world_architecture():
     agent = SAC(OBS, ACT, 10, SACConfig(), torch.device("cpu"))
     body = list(agent.actor.body)
-    assert [type(m) for m in body[:3]] == [nn.Linear, nn.LayerNorm, Tanh]
+    assert [type(m) for m in body[:3]] == [FP32Linear, nn.LayerNorm, Tanh]
     assert [type(m) for m in body[3:]] == [nn.Linear, nn.LeakyReLU] * 3
     assert all(m.out_features == 256 for m in body if isinstance(m, nn.Linear))
     assert body[0].in_features == OBS  # hide_task_id: the body never sees the one-hot
@@ -201,9 +201,9 @@ def test_bf16_update_follows_the_fp32_gradient():
     assert math.isfinite(stats["critic_loss"].item()) and all(p.dtype == torch.float32 for p in agent.actor.parameters())
 
 
-def test_bf16_keeps_the_output_layers_in_fp32():
-    """Q-values and (μ, log σ) come out of an fp32 output layer even in a bf16 update: a Q of ~300 keeps
-    fp32-level resolution of its head (bf16 would round it to steps of 2)."""
+def test_bf16_keeps_the_input_and_output_layers_in_fp32():
+    """Observations enter, and Q-values and (μ, log σ) leave, through fp32 layers even in a bf16 update:
+    a Q of ~300 keeps fp32-level resolution of its head (bf16 would round it to steps of 2)."""
     agent = make_agent(precision="bf16")
     with torch.no_grad():
         agent.critics.net.biases[-1].fill_(300.0)
@@ -211,7 +211,8 @@ def test_bf16_keeps_the_output_layers_in_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q = agent.critics(x, action, 1)
         mu, log_std = agent.actor.distribution(x, 1)
-    assert q.dtype == mu.dtype == log_std.dtype == torch.float32
+        first_layer = agent.actor.body[0](x)
+    assert q.dtype == mu.dtype == log_std.dtype == first_layer.dtype == torch.float32
     assert q.std() < 1 and len(torch.unique(q)) > 50  # spread < 1 yet distinct: no bf16 grid of step 2
     q_fp32 = agent.critics(x, action, 1)
     assert (q - q_fp32).abs().max() < 0.05
@@ -309,7 +310,7 @@ def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
 def test_nap_normalises_before_every_nonlinearity_and_keeps_hidden_norms():
     agent = make_agent(nap=True, lr=1e-2)
     body = list(agent.actor.body)
-    assert [type(m) for m in body] == [nn.Linear, nn.LayerNorm, Tanh] + [nn.Linear, nn.LayerNorm, nn.LeakyReLU] * 3
+    assert [type(m) for m in body] == [FP32Linear, nn.LayerNorm, Tanh] + [nn.Linear, nn.LayerNorm, nn.LeakyReLU] * 3
     assert len(agent.critics.net.extra_norm_weights) == 3
     initial = [n.clone() for n in agent.nap_norms]
     head_before = agent.actor.head.linear.weight.norm().item()

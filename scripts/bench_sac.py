@@ -9,9 +9,10 @@ Both agents are measured in the same run, on the same machine, under the same co
   ``--backend envpool`` gives crl EnvPool's C++ port instead (then the env costs differ).
 - Same network sizes: 4×256 actor and twin 4×256 critics (SB3 ``policy_kwargs=dict(net_arch=[256]*4)``),
   batch size 128, learning rate 1e-3, γ 0.99, τ 0.005 (crl polyak 0.995), replay buffer 1e6.
-- One gradient step per env step: SB3 ``train_freq=1, gradient_steps=1``; crl at replay ratio 1,
-  once with its Continual World schedule (``update_every=50``: 50 updates every 50 steps) and once
-  with ``update_every=1``.
+- One gradient step per env step on two schedules, each library on both: every 50 steps 50 updates
+  (Continual World's ``update_every=50``; SB3 ``train_freq=50, gradient_steps=50``) and one update after
+  every step (crl ``update_every=1``; SB3 ``train_freq=1, gradient_steps=1``). Ratios compare crl with SB3
+  on the same schedule.
 - Same warm-up: ``--learning-starts`` uniform-random steps (SB3 ``learning_starts``; crl
   ``start_steps = update_after``), then a margin of steps with updates (``--warmup-updates``), then
   the timed phase of ``--steps`` env steps, every one of which does a gradient step (the count of
@@ -55,7 +56,7 @@ class CrlContender:
 
         seed_everything(args.seed)
         self.name, self.device = f"crl SAC {precision} (update_every={update_every})", torch.device("cpu")
-        self.update_every = update_every
+        self.update_every, self.precision = update_every, precision
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
                         update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
                         precision=precision)
@@ -104,21 +105,23 @@ class CrlContender:
 
 
 class SB3Contender:
-    def __init__(self, args):
+    def __init__(self, args, train_freq: int):
         from stable_baselines3 import SAC
 
         seed_everything(args.seed)
-        self.name, self.batch_size = "SB3 SAC", args.batch_size
+        self.name, self.batch_size = f"SB3 SAC (train_freq={train_freq})", args.batch_size
+        self.update_every = train_freq
         self.env = MetaWorldEnv(args.task, seed=args.seed)
         self.model = SAC("MlpPolicy", self.env, learning_rate=args.lr, buffer_size=1_000_000,
                          learning_starts=args.learning_starts, batch_size=args.batch_size, tau=0.005, gamma=0.99,
-                         train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=[256] * 4),
+                         train_freq=train_freq, gradient_steps=train_freq, policy_kwargs=dict(net_arch=[256] * 4),
                          seed=args.seed, device="cpu", verbose=0)
         # Warm-up: learning_starts random steps, then warmup_updates steps with updates. SB3 trains
         # once num_timesteps > learning_starts, so every later step trains.
         self.model.learn(total_timesteps=args.learning_starts + args.warmup_updates)
 
     def run_steps(self, n: int) -> tuple[int, int]:
+        n = -(-n // self.update_every) * self.update_every
         n0 = self.model._n_updates
         self.model.learn(total_timesteps=n, reset_num_timesteps=False)
         return n, self.model._n_updates - n0
@@ -199,24 +202,28 @@ def main() -> None:
     print(f"architecture: crl = Continual World MLP (Linear-LayerNorm-tanh, then LeakyReLU), {args.heads} heads, "
           f"one fused Adam, update in {args.precision}; SB3 = Linear+ReLU MLP, single head, 3 Adams, fp32")
 
-    contenders = [CrlContender(args, update_every, precision) for precision in precisions for update_every in (50, 1)]
-    if not args.skip_sb3:
-        contenders.append(SB3Contender(args))
+    crl = [CrlContender(args, update_every, precision) for precision in precisions for update_every in (50, 1)]
+    # SB3 on both schedules too: a burst of 50 updates keeps the networks in cache between updates, which
+    # helps either library, so each crl schedule is compared with SB3 on the same schedule
+    sb3 = [] if args.skip_sb3 else [SB3Contender(args, 50), SB3Contender(args, 1)]
+    contenders = crl + sb3
     headline = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        results = measure(contenders, args)
+        results = {r["name"]: r for r in measure(contenders, args)}
         print(f"\n-- {threads} torch thread(s) --")
         print(f"{'name':36s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
-        for r in results:
+        for r in results.values():
             print(f"{r['name']:36s} {r['sps']:12.1f} {r['ups']:10.1f} {r['steps']:12d} {r['updates']:21d}")
-        if not args.skip_sb3:
-            sb3 = results[-1]["sps"]
-            for r in results[:-1]:
-                print(f"ratio {r['name']} / SB3 (env-steps/s): {r['sps'] / sb3:.2f}")
-            # crl with its default (Continual World) schedule, update_every=50, in the first precision given
-            headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precisions[0]}): "
-                            f"{results[0]['sps'] / sb3:.2f}")
+        if sb3:
+            reference = {c.update_every: results[c.name]["sps"] for c in sb3}
+            for c in crl:
+                ratio = results[c.name]["sps"] / reference[c.update_every]
+                print(f"ratio {c.name} / SB3 on the same schedule (env-steps/s): {ratio:.2f}")
+            for precision in precisions:
+                ratios = [results[c.name]["sps"] / reference[c.update_every] for c in crl if c.precision == precision]
+                headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precision}): "
+                                f"{ratios[0]:.2f} every 50 steps, {ratios[1]:.2f} every step")
     for c in contenders:
         c.close()
     print(f"\n(benchmark wall time {time.perf_counter() - START:.0f} s)")

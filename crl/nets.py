@@ -124,6 +124,11 @@ class MultiHead(nn.Module):
         return out[torch.arange(features.shape[0], device=features.device), head]
 
 
+def _batched_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One linear layer per ensemble member: (members, n, in) @ (members, in, out) + (members, 1, out)."""
+    return torch.baddbmm(bias, h, weight)
+
+
 class EnsembleCWMLP(nn.Module):
     """``members`` independent Continual World bodies (see ``cw_mlp``), each with its own
     ``MultiHead`` output, evaluated together with batched matmuls.
@@ -172,7 +177,7 @@ class EnsembleCWMLP(nn.Module):
         if isinstance(head, int) and self.num_heads > 1:
             cols = slice(head * self.out_dim, (head + 1) * self.out_dim)
             w_out, b_out = w_out[..., cols], b_out[..., cols]
-        h = in_fp32(lambda x, w, b: torch.baddbmm(b, x.expand(self.members, *x.shape), w), x, weights[0], biases[0])
+        h = in_fp32(_batched_linear, x.expand(self.members, *x.shape), weights[0], biases[0])
         h = fast_tanh(torch.addcmul(norm_b, F.layer_norm(h, h.shape[-1:]), norm_w))
         if record is not None:
             record("0", h)
@@ -184,7 +189,7 @@ class EnsembleCWMLP(nn.Module):
             h = F.leaky_relu_(h, 0.2) if self.activation == "leaky_relu" else F.relu_(h)
             if record is not None:
                 record(str(layer), h)
-        out = in_fp32(lambda h, w, b: torch.baddbmm(b, h, w), h, w_out, b_out)
+        out = in_fp32(_batched_linear, h, w_out, b_out)
         if isinstance(head, int) or self.num_heads == 1:
             return out
         out = out.view(self.members, x.shape[0], self.num_heads, self.out_dim)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crl.core import Agent, Task, Transitions, UsageError
-from crl.nets import HIDDEN_ACTIVATIONS, EnsembleCWMLP, MultiHead, cw_activations, cw_mlp
+from crl.nets import BODIES, HIDDEN_ACTIVATIONS, EnsembleCWMLP, MultiHead, cw_activations, cw_mlp
 from crl.plasticity import (DORMANT_AVERAGING, PlasticityProbe, ProbeConfig, dormant_mask, recycle_units,
                             shrink_perturb)
 from crl.replay import ReplayBuffer
@@ -40,6 +40,7 @@ RESET_GROUPS = ("actor", "actor_head", "critic", "critic_head")
 class SACConfig:
     hidden_sizes: tuple[int, ...] = (256, 256, 256, 256)  # body widths (CW: 4×256)
     activation: str = "leaky_relu"  # after the first layer: leaky_relu (CW, slope 0.2) | relu (Ma et al.'s critics)
+    body: str = "cw"  # cw: first layer Linear→LayerNorm→tanh (CW) | mlp: Linear→activation throughout (SB3, Spinning Up)
     lr: float = 1e-3  # one Adam for actor, critics and α (CW CL runs: 1e-3)
     batch_size: int = 128  # CW: 128
     buffer_size: int = 1_000_000  # FIFO capacity (CW: 1e6)
@@ -87,7 +88,7 @@ class Actor(nn.Module):
     def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
         super().__init__()
         self.act_dim = act_dim
-        self.body = cw_mlp(in_dim, cfg.hidden_sizes, norm_all=cfg.nap, activation=cfg.activation)
+        self.body = cw_mlp(in_dim, cfg.hidden_sizes, norm_all=cfg.nap, activation=cfg.activation, body=cfg.body)
         self.head = MultiHead(cfg.hidden_sizes[-1], 2 * act_dim, num_heads)
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
 
@@ -119,7 +120,7 @@ class TwinCritic(nn.Module):
     def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
         super().__init__()
         self.net = EnsembleCWMLP(2, in_dim + act_dim, cfg.hidden_sizes, 1, num_heads, norm_all=cfg.nap,
-                                 activation=cfg.activation)
+                                 activation=cfg.activation, body=cfg.body)
 
     def forward(self, x: torch.Tensor, action: torch.Tensor, head: int | torch.Tensor, *,
                 detach_params: bool = False, record=None) -> torch.Tensor:
@@ -151,6 +152,8 @@ class SAC(Agent):
             raise UsageError(f"unknown precision '{config.precision}'; allowed: {', '.join(PRECISIONS)}")
         if config.activation not in HIDDEN_ACTIVATIONS:
             raise UsageError(f"unknown activation '{config.activation}'; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
+        if config.body not in BODIES:
+            raise UsageError(f"unknown body '{config.body}'; allowed: {', '.join(BODIES)}")
         if config.dormant_averaging not in DORMANT_AVERAGING:
             raise UsageError(f"unknown dormant_averaging '{config.dormant_averaging}'; "
                              f"allowed: {', '.join(DORMANT_AVERAGING)}")
@@ -176,7 +179,7 @@ class SAC(Agent):
         self.replay_ratio = config.replay_ratio  # gradient steps per transition (Adaptive Replay Ratio changes it)
         self.gradient_steps = 0
         probe_cfg = ProbeConfig(dormant_tau=config.dormant_tau, dormant_averaging=config.dormant_averaging)
-        activations = cw_activations(config.hidden_sizes, config.activation)
+        activations = cw_activations(config.hidden_sizes, config.activation, config.body)
         actor_hooks = [m for m in self.actor.body if isinstance(m, (nn.Tanh, nn.LeakyReLU, nn.ReLU))]
         self.probes = {
             "actor": PlasticityProbe("actor", self.actor, probe_cfg, activations,

@@ -24,12 +24,18 @@ Both agents are measured in the same run, on the same machine, under the same co
 - Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
   ``agent._gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
 
-Architectures are NOT identical, only their sizes: SB3's MLPs are plain Linear+ReLU with one output
-head; crl's are Continual World's (Linear→LayerNorm→tanh first layer, LeakyReLU(0.2) after the
-others, one output head and one α per task; ``--heads`` of them, default 10 as in CW10, the task
-being at position 0). crl updates actor, critics and α with one fused Adam; SB3 uses three Adams.
+Networks, ``--arch`` (default: both, in the same run):
 
-    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 thread, fp32
+- ``same``: identical networks on both sides, as the issue asks: crl's SAC with ``body=mlp``,
+  ``activation=relu``, one head (Linear+ReLU 4×256 actor and critics, μ and log σ linear heads),
+  against SB3's ``MlpPolicy`` with ``net_arch=[256]*4``.
+- ``cw``: crl with Continual World's networks, what ``crl train`` runs (Linear→LayerNorm→tanh first
+  layer, LeakyReLU(0.2) after the others, one output head and one α per task; ``--heads`` of them,
+  default 10 as in CW10, the task at position 0), against the same SB3 (more work on crl's side).
+
+crl updates actor, critics and α with one fused Adam; SB3 uses three Adams.
+
+    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 thread, fp32, both --arch
     python scripts/bench_sac.py --threads 1,2 --precision fp32,bf16
     python scripts/bench_sac.py --task reach-v3 --steps 1000 --backend envpool
 """
@@ -51,17 +57,19 @@ from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task, resolve_b
 class CrlContender:
     """crl's SAC driven by the inner loop of crl/loop.py (act → VecEnv.step → observe → update)."""
 
-    def __init__(self, args, update_every: int, precision: str):
+    def __init__(self, args, update_every: int, precision: str, arch: str):
         from crl.agents.sac import SAC, SACConfig
 
         seed_everything(args.seed)
-        self.name, self.device = f"crl SAC {precision} (update_every={update_every})", torch.device("cpu")
-        self.update_every, self.precision = update_every, precision
+        self.name = f"crl SAC {arch} {precision} (update_every={update_every})"
+        self.device, self.update_every, self.precision, self.arch = torch.device("cpu"), update_every, precision, arch
+        networks = dict(body="mlp", activation="relu", multihead=False) if arch == "same" else {}
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
                         update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
-                        precision=precision)
-        self.task = metaworld_task(args.task, 0, args.heads)
-        self.agent = SAC(self.task.obs_dim, self.task.act_dim, args.heads, cfg, self.device)
+                        precision=precision, **networks)
+        heads = 1 if arch == "same" else args.heads
+        self.task = metaworld_task(args.task, 0, heads)
+        self.agent = SAC(self.task.obs_dim, self.task.act_dim, heads, cfg, self.device)
         self.agent.begin_task(self.task)
         self.env = make_vec(args.task, 1, args.seed, args.backend)
         self.obs = torch.as_tensor(self.env.reset(), dtype=torch.float32, device=self.device)
@@ -173,7 +181,11 @@ def main() -> None:
                         help="untimed steps with updates before the timed window (default: %(default)s)")
     parser.add_argument("--update-calls", type=int, default=200,
                         help="gradient steps timed for the pure update rate (default: %(default)s)")
-    parser.add_argument("--heads", type=int, default=10, help="crl output heads / α's (CW10: 10) (default: %(default)s)")
+    parser.add_argument("--arch", default="same,cw",
+                        help="crl's networks, comma-separated: same (SB3's Linear+ReLU MLPs, one head), cw "
+                             "(Continual World's) (default: %(default)s)")
+    parser.add_argument("--heads", type=int, default=10,
+                        help="crl output heads / α's with --arch cw (CW10: 10) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--precision", default="fp32",
@@ -185,12 +197,12 @@ def main() -> None:
     args = parser.parse_args()
     try:
         thread_counts = [int(t) for t in args.threads.split(",")]
-        precisions = args.precision.split(",")
-        if any(t < 1 for t in thread_counts) or not set(precisions) <= {"fp32", "bf16"}:
+        precisions, archs = args.precision.split(","), args.arch.split(",")
+        if any(t < 1 for t in thread_counts) or not set(precisions) <= {"fp32", "bf16"} or not set(archs) <= {"same", "cw"}:
             raise ValueError
     except ValueError:
-        parser.exit(2, f"bad --threads {args.threads!r} or --precision {args.precision!r}: threads are "
-                       "positive integers, precisions fp32 or bf16, comma-separated\n")
+        parser.exit(2, f"bad --threads {args.threads!r}, --precision {args.precision!r} or --arch {args.arch!r}: threads "
+                       "are positive integers, precisions fp32 or bf16, archs same or cw, comma-separated\n")
 
     torch.set_num_threads(thread_counts[0])
     backend = resolve_backend(args.backend)
@@ -199,10 +211,12 @@ def main() -> None:
     print(f"warm-up {args.learning_starts} random steps + >= {args.warmup_updates} steps with updates; "
           f"timed {args.steps} env steps at 1 gradient step per env step; pure update rate over "
           f"{args.update_calls} gradient steps")
-    print(f"architecture: crl = Continual World MLP (Linear-LayerNorm-tanh, then LeakyReLU), {args.heads} heads, "
-          f"one fused Adam, update in {args.precision}; SB3 = Linear+ReLU MLP, single head, 3 Adams, fp32")
+    print(f"networks: SB3 = Linear+ReLU MLP, single head, 3 Adams, fp32; crl (one fused Adam, update in "
+          f"{args.precision}) = same: Linear+ReLU MLP, single head; cw: Continual World MLP (Linear-LayerNorm-tanh, "
+          f"then LeakyReLU), {args.heads} heads")
 
-    crl = [CrlContender(args, update_every, precision) for precision in precisions for update_every in (50, 1)]
+    crl = [CrlContender(args, update_every, precision, arch)
+           for arch in archs for precision in precisions for update_every in (50, 1)]
     # SB3 on both schedules too, so that each crl schedule is compared with SB3 on the same one
     sb3 = [] if args.skip_sb3 else [SB3Contender(args, 50), SB3Contender(args, 1)]
     contenders = crl + sb3
@@ -219,10 +233,13 @@ def main() -> None:
             ratio = {c.name: results[c.name]["sps"] / reference[c.update_every] for c in crl}
             for c in crl:
                 print(f"ratio {c.name} / SB3 on the same schedule (env-steps/s): {ratio[c.name]:.2f}")
-            for precision in precisions:
-                every_50, every_step = (ratio[c.name] for c in crl if c.precision == precision)  # built in this order
-                headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precision}): "
-                                f"{every_50:.2f} every 50 steps, {every_step:.2f} every step")
+            for arch in archs:
+                for precision in precisions:
+                    every_50, every_step = (ratio[c.name] for c in crl  # built in this order
+                                            if c.precision == precision and c.arch == arch)
+                    networks = "identical networks" if arch == "same" else "crl with CW networks"
+                    headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precision}, {networks}): "
+                                    f"{every_50:.2f} every 50 steps, {every_step:.2f} every step")
     for c in contenders:
         c.close()
     print(f"\n(benchmark wall time {time.perf_counter() - START:.0f} s)")

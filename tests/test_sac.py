@@ -136,24 +136,29 @@ def test_critic_learns_a_constant_reward():
     assert q.shape == (2, 32) and (q - 1).abs().mean() < 0.15
 
 
-def test_ensemble_member_equals_a_cw_mlp_with_its_weights():
-    """Each critic of the twin ensemble computes exactly a CW body + MultiHead with the same weights."""
+@pytest.mark.parametrize("body", ["cw", "mlp"])
+def test_ensemble_member_equals_a_cw_mlp_with_its_weights(body):
+    """Each critic of the twin ensemble computes exactly a body + MultiHead with the same weights
+    (CW's body, and the plain Linear→LeakyReLU MLP that has no LayerNorm or tanh)."""
     from crl.nets import EnsembleCWMLP, cw_mlp
 
     torch.manual_seed(0)
-    ens = EnsembleCWMLP(2, 7, (16, 16, 16), 3, 4)
+    ens = EnsembleCWMLP(2, 7, (16, 16, 16), 3, 4, body=body)
     x, rows = torch.randn(5, 7), torch.tensor([0, 3, 1, 1, 2])
     for m in range(2):
-        body, head = cw_mlp(7, (16, 16, 16)), MultiHead(16, 3, 4)
-        linears = [layer for layer in body if isinstance(layer, nn.Linear)] + [head.linear]
+        single, head = cw_mlp(7, (16, 16, 16), body=body), MultiHead(16, 3, 4)
+        assert any(isinstance(layer, nn.LayerNorm) for layer in single) == (body == "cw")
+        assert any(isinstance(layer, nn.Tanh) for layer in single) == (body == "cw")
+        linears = [layer for layer in single if isinstance(layer, nn.Linear)] + [head.linear]
         with torch.no_grad():
             for lin, w, b in zip(linears, ens.weights, ens.biases):
                 lin.weight.copy_(w[m].T)
                 lin.bias.copy_(b[m, 0])
-            body[1].weight.copy_(ens.norm_weight[m, 0])
-            body[1].bias.copy_(ens.norm_bias[m, 0])
-        assert torch.allclose(ens(x, 2)[m], head(body(x), 2), atol=1e-5)
-        assert torch.allclose(ens(x, rows)[m], head(body(x), rows), atol=1e-5)
+            if body == "cw":
+                single[1].weight.copy_(ens.norm_weight[m, 0])
+                single[1].bias.copy_(ens.norm_bias[m, 0])
+        assert torch.allclose(ens(x, 2)[m], head(single(x), 2), atol=1e-5)
+        assert torch.allclose(ens(x, rows)[m], head(single(x), rows), atol=1e-5)
 
 
 def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
@@ -334,3 +339,23 @@ def test_relu_option_gives_probes_exactly_dead_units():
     assert (h[1] >= 0).all()
     with pytest.raises(Exception, match="unknown activation 'gelu'"):
         make_agent(activation="gelu")
+
+
+def test_plain_mlp_body_has_no_layernorm_or_tanh():
+    """``body="mlp"`` (SB3/Spinning Up's Linear→ReLU networks, what scripts/bench_sac.py compares
+    with SB3 as identical networks): no LayerNorm or tanh anywhere, and the probes treat every layer
+    as ReLU."""
+    from crl.core import UsageError
+
+    agent = make_agent(body="mlp", activation="relu", plasticity_every=1)
+    assert not any(isinstance(m, (nn.LayerNorm, nn.Tanh)) for m in agent.actor.body)
+    assert agent.critics.net.norm_weight is None
+    assert set(agent.probes["critic"].activations.values()) == {"relu"}
+    agent.observe(batch(64, 0))
+    stats = agent._gradient_step()
+    assert 0 < stats["plasticity/critic/0/fau"] < 1  # ReLU after the first layer too: some units exactly 0
+    h = []
+    agent.critics.net(torch.randn(5, OBS + ACT), 0, record=lambda layer, a: h.append(a))
+    assert (h[0] >= 0).all()
+    with pytest.raises(UsageError, match="unknown body 'resnet'; allowed: cw, mlp"):
+        make_agent(body="resnet")

@@ -19,8 +19,8 @@ Both agents are measured in the same run, on the same machine, under the same co
   gradient steps done in the window is checked and printed). Nothing is subtracted: both sides time
   act + env step + store + update. The timed phase runs in ``--rounds`` interleaved rounds (crl,
   crl, SB3, crl, ...), so background load on a shared machine falls on every contender alike.
-- Same torch thread count (``--threads``, default 1). ``--threads 1,2`` measures every contender at 1 and
-  then at 2 threads in the same run (``torch.set_num_threads`` between the two).
+- Same torch thread count (``--threads``). The default ``1,2`` measures every contender at 1 and then at
+  2 threads (the two cores of the reference machine) in the same run (``torch.set_num_threads`` between).
 - Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
   ``agent._gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
 
@@ -35,8 +35,8 @@ Networks, ``--arch`` (default: both, in the same run):
 
 crl updates actor, critics and α with one fused Adam; SB3 uses three Adams.
 
-    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 thread, fp32, both --arch
-    python scripts/bench_sac.py --threads 1,2 --precision fp32,bf16
+    python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 and 2 threads, fp32, both --arch
+    python scripts/bench_sac.py --precision fp32,bf16 --arch same --threads 2
     python scripts/bench_sac.py --task reach-v3 --steps 1000 --backend envpool
 """
 
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000,
                         help="timed env steps per agent, each with one update (default: %(default)s; crl's "
                              "update_every=50 run rounds it up to a multiple of 50)")
-    parser.add_argument("--threads", default="1",
+    parser.add_argument("--threads", default="1,2",
                         help="torch threads for both, or a comma list measured one after another in the same run "
                              "(e.g. 1,2) (default: %(default)s)")
     parser.add_argument("--backend", default="gymnasium", choices=["gymnasium", "envpool", "auto"],

@@ -7,9 +7,9 @@ Both agents are measured in the same run, on the same machine, under the same co
   ``make_vec(task, 1, seed, backend)``; with ``--backend gymnasium`` (default) that is the very same
   Python ``MetaWorldEnv`` SB3 steps (through its DummyVecEnv), so env cost is identical.
   ``--backend envpool`` gives crl EnvPool's C++ port instead (then the env costs differ).
-- Same network sizes (and, with ``--arch same``, the same networks; below): 4×256 actor and twin 4×256
-  critics (SB3 ``policy_kwargs=dict(net_arch=[256]*4)``),
-  batch size 128, learning rate 1e-3, γ 0.99, τ 0.005 (crl polyak 0.995), replay buffer 1e6.
+- Same network sizes (with ``--arch same`` the same networks, below): 4×256 actor and twin 4×256
+  critics (SB3 ``policy_kwargs=dict(net_arch=[256]*4)``), batch size 128, learning rate 1e-3,
+  γ 0.99, τ 0.005 (crl polyak 0.995), replay buffer 1e6.
 - One gradient step per env step on two schedules, each library on both: every 50 steps 50 updates
   (Continual World's ``update_every=50``; SB3 ``train_freq=50, gradient_steps=50``) and one update after
   every step (crl ``update_every=1``; SB3 ``train_freq=1, gradient_steps=1``). Ratios compare crl with SB3
@@ -27,9 +27,9 @@ Both agents are measured in the same run, on the same machine, under the same co
 
 Networks, ``--arch`` (default: both, in the same run):
 
-- ``same``: identical networks on both sides (the fair comparison of the two update loops): crl's SAC with ``body=mlp``,
-  ``activation=relu``, one head (Linear+ReLU 4×256 actor and critics, μ and log σ linear heads),
-  against SB3's ``MlpPolicy`` with ``net_arch=[256]*4``.
+- ``same``: identical networks on both sides (the fair comparison of the two update loops): crl's
+  SAC with ``body=mlp``, ``activation=relu``, one head (Linear+ReLU 4×256 actor and critics, μ and
+  log σ linear heads), against SB3's ``MlpPolicy`` with ``net_arch=[256]*4``.
 - ``cw``: crl with Continual World's networks, what ``crl train`` runs (Linear→LayerNorm→tanh first
   layer, LeakyReLU(0.2) after the others, one output head and one α per task; ``--heads`` of them,
   default 10 as in CW10, the task at position 0), against the same SB3 (more work on crl's side).

@@ -10,6 +10,7 @@ from torch import nn
 
 
 HIDDEN_ACTIVATIONS = ("leaky_relu", "relu")  # after the first (LayerNorm + tanh) layer
+LEAKY_SLOPE = 0.2  # TF's LeakyReLU default, which Continual World uses (torch's is 0.01)
 # cw: Continual World's body (Linear→LayerNorm→tanh, then Linear→activation); mlp: Linear→activation for
 # every layer, the plain MLP of Haarnoja et al.'s SAC, Spinning Up and Stable-Baselines3
 BODIES = ("cw", "mlp")
@@ -23,7 +24,7 @@ def cw_activations(hidden_sizes: tuple[int, ...], activation: str = "leaky_relu"
 def _hidden_activation(activation: str) -> nn.Module:
     # in place: the activation overwrites the Linear's output, which no backward needs (one tensor less
     # to allocate per layer); LeakyReLU/ReLU backward only need the result
-    return nn.LeakyReLU(0.2, inplace=True) if activation == "leaky_relu" else nn.ReLU(inplace=True)
+    return nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if activation == "leaky_relu" else nn.ReLU(inplace=True)
 
 
 class _SigmoidTanh(torch.autograd.Function):
@@ -211,4 +212,4 @@ class EnsembleCWMLP(nn.Module):
 
     def _activation_(self, h: torch.Tensor) -> torch.Tensor:
         # in place on a matmul's (or LayerNorm's) output, which its backward does not need
-        return F.leaky_relu_(h, 0.2) if self.activation == "leaky_relu" else F.relu_(h)
+        return F.leaky_relu_(h, LEAKY_SLOPE) if self.activation == "leaky_relu" else F.relu_(h)

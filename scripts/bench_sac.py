@@ -68,9 +68,8 @@ class CrlContender:
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
                         update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
                         precision=precision, **networks)
-        heads = 1 if arch == "same" else args.heads
-        self.task = metaworld_task(args.task, 0, heads)
-        self.agent = SAC(self.task.obs_dim, self.task.act_dim, heads, cfg, self.device)
+        self.task = metaworld_task(args.task, 0, args.heads)
+        self.agent = SAC(self.task.obs_dim, self.task.act_dim, args.heads, cfg, self.device)  # multihead=False: 1 head
         self.agent.begin_task(self.task)
         self.env = make_vec(args.task, 1, args.seed, args.backend)
         self.obs = torch.as_tensor(self.env.reset(), dtype=torch.float32, device=self.device)

@@ -31,6 +31,8 @@ AGENTS: dict[str, tuple[str, str, str, str, dict[str, Any]]] = {
                         "batch_size": 512}),
     "episodic-memory": ("sac", "crl.agents.episodic_memory", "EpisodicMemorySAC",
                         "SAC replaying kept transitions of earlier tasks (Wołczyk et al. 2024)", {}),
+    "vcl": ("sac", "crl.agents.vcl", "VCL",
+            "SAC + VCL: Bayesian actor, each task's posterior the next prior (Nguyen et al. 2018; CW: λ=1)", {}),
     "clonex": ("sac", "crl.agents.clonex", "ClonEx",
                "ClonEx-SAC: behaviour cloning of past actors + best-return exploration (Wołczyk et al. 2022)", {}),
     "kickstart": ("sac", "crl.agents.kickstart", "Kickstart",

@@ -18,6 +18,7 @@ continual baselines subclass this agent).
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crl.core import Agent, Task, Transitions, UsageError
-from crl.nets import BODIES, HIDDEN_ACTIVATIONS, EnsembleCWMLP, MultiHead, cw_activations, cw_mlp
+from crl.nets import BODIES, HIDDEN_ACTIVATIONS, EnsembleCWMLP, LinearFactory, MultiHead, cw_activations, cw_mlp
 from crl.plasticity import (DORMANT_AVERAGING, PlasticityProbe, ProbeConfig, dormant_mask, recycle_units,
                             shrink_perturb)
 from crl.replay import ReplayBuffer
@@ -63,6 +64,7 @@ class SACConfig:
     clip_grad_norm: float | None = None  # clip actor, critic and α gradients to this global norm (CW: none)
     precision: str = "fp32"  # fp32 | bf16: the update's hidden-to-hidden matmuls in bfloat16 (autocast); input and
     #                          output layers, losses, weights, Adam and replay stay fp32 (crl/nets.py in_fp32)
+    compile: bool = False  # torch.compile SAC's losses (forward and backward graphs); on CUDA replayed as CUDA graphs
     plasticity_every: int = 1000  # gradient steps between plasticity measurements of actor and critics (0: off)
     dormant_tau: float = 0.025  # τ of the dormant-unit ratio (Ma et al.; Plasticine)
     dormant_averaging: str = "global"  # global (ReDo's code) | per_layer (Plasticine)
@@ -85,11 +87,12 @@ class Actor(nn.Module):
     μ and log σ of a head come from one linear map (2·act_dim outputs): one matmul instead of two.
     """
 
-    def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig):
+    def __init__(self, in_dim: int, act_dim: int, num_heads: int, cfg: SACConfig, linear: LinearFactory | None = None):
         super().__init__()
         self.act_dim = act_dim
-        self.body = cw_mlp(in_dim, cfg.hidden_sizes, norm_all=cfg.nap, activation=cfg.activation, body=cfg.body)
-        self.head = MultiHead(cfg.hidden_sizes[-1], 2 * act_dim, num_heads)
+        self.body = cw_mlp(in_dim, cfg.hidden_sizes, norm_all=cfg.nap, activation=cfg.activation, body=cfg.body,
+                           linear=linear)
+        self.head = MultiHead(cfg.hidden_sizes[-1], 2 * act_dim, num_heads, linear=linear)
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
 
     def distribution(self, x: torch.Tensor, head: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +135,7 @@ class SAC(Agent):
     """Continual World's SAC; ``observe``/``update`` are called by crl/loop.py after every vector step.
 
     The continual methods (agents/regularization.py, packnet.py, agem.py, episodic_memory.py,
-    clonex.py, kickstart.py) and Adaptive Replay Ratio (agents/arr.py) subclass it and fill in the
+    clonex.py, kickstart.py, vcl.py) and Adaptive Replay Ratio (agents/arr.py) subclass it and fill in the
     hooks below with shared pieces from crl/continual.py and crl/plasticity.py; the update itself is
     written once:
 
@@ -141,7 +144,8 @@ class SAC(Agent):
     - ``_adjust_gradients(batch)``: gradient surgery before the optimiser step (A-GEM, PackNet);
     - ``_networks_to_capture(measure)``: whose activations a step captures (plasticity probes);
     - ``_explore_actions(obs)``: actions of the warm-up phase (uniform; ClonEx: best earlier policy);
-    - ``_policy_actions(obs, task_index, deterministic)``: the policy (PackNet: per-task weights).
+    - ``_policy_actions(obs, task_index, deterministic)``: the policy (PackNet: per-task weights);
+    - ``_make_actor()``: the policy network (VCL: Bayesian layers).
     """
 
     learns_from = "env"
@@ -154,6 +158,9 @@ class SAC(Agent):
             raise UsageError(f"unknown activation '{config.activation}'; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
         if config.body not in BODIES:
             raise UsageError(f"unknown body '{config.body}'; allowed: {', '.join(BODIES)}")
+        if config.compile and device.type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+            raise UsageError("compile=true on CPU needs a C++ compiler (g++, c++ or clang++) on PATH; none found "
+                             "(install one, or leave compile off)")
         if config.dormant_averaging not in DORMANT_AVERAGING:
             raise UsageError(f"unknown dormant_averaging '{config.dormant_averaging}'; "
                              f"allowed: {', '.join(DORMANT_AVERAGING)}")
@@ -163,7 +170,7 @@ class SAC(Agent):
         self.cfg, self.device = config, device
         self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
         self.num_heads = num_tasks if config.multihead else 1
-        self.actor = Actor(self._in_dim, act_dim, self.num_heads, config).to(device)
+        self.actor = self._make_actor().to(device)
         self.critics = TwinCritic(self._in_dim, act_dim, self.num_heads, config).to(device)
         self.targets = TwinCritic(self._in_dim, act_dim, self.num_heads, config).to(device)
         self.targets.load_state_dict(self.critics.state_dict())
@@ -188,6 +195,7 @@ class SAC(Agent):
         }
         self._capture: frozenset[str] = frozenset()  # networks whose activations this gradient step measures
         self.nap_norms = self._hidden_weight_norms() if config.nap else None
+        self._compiled_losses = self._compile_losses() if config.compile else None
 
     # -- the Agent contract --------------------------------------------------------------------
 
@@ -255,6 +263,10 @@ class SAC(Agent):
         """Networks whose activations this gradient step captures (all of them when a plasticity
         measurement is due; Adaptive Replay Ratio also wants the critic's at every step)."""
         return frozenset(self.probes) if measure else frozenset()
+
+    def _make_actor(self) -> Actor:
+        """The policy network (VCL: one with Bayesian layers)."""
+        return Actor(self._in_dim, self.act_dim, self.num_heads, self.cfg)
 
     def _explore_actions(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
@@ -332,6 +344,28 @@ class SAC(Agent):
                  "alpha": alpha.detach().mean(), "entropy": -logp_pi.detach().mean(), "q": q[0].detach().mean()}
         return critic_loss + actor_loss + alpha_loss, stats
 
+    def _compile_losses(self):
+        """``sac_losses`` through ``torch.compile``: one fused graph for the forward pass and one for the
+        backward (AOTAutograd). On CUDA, mode ``reduce-overhead`` replays both as CUDA graphs, the main
+        lever for a small-MLP update at one update per env step (LeanRL: eager 130 → compiled with CUDA
+        graphs 730 sps, reference/performance.md). On CPU inductor's kernels gain little, since the update
+        is matmul-bound (scripts/bench_sac.py --compile). Sampling, Adam and the target lerp stay eager:
+        each is one or a few fused kernels already."""
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        return torch.compile(self.sac_losses, mode=mode)
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``sac_losses``, compiled when ``compile`` is on, except for a step whose activations a probe
+        captures (the probes' Python hooks stay eager; they run every ``plasticity_every`` steps)."""
+        if self._compiled_losses is None or self._capture:
+            return self.sac_losses(batch)
+        if self.device.type != "cuda":
+            return self._compiled_losses(batch)
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
+        loss, stats = self._compiled_losses(batch)
+        # CUDA-graph outputs live in memory the next replay overwrites; update() sums stats over steps
+        return loss, {k: v.clone() for k, v in stats.items()}
+
     def _gradient_step(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         batch = self._sample_batch()
@@ -340,7 +374,7 @@ class SAC(Agent):
         self._capture = self._networks_to_capture(measure or redo)
         # bf16: CPUs with AVX512-BF16 (and GPUs) run the update's matmuls ~1.4× faster (scripts/bench_sac.py)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, stats = self.sac_losses(batch)
+            loss, stats = self._losses(batch)
             self._capture = frozenset()  # later passes (memories, references) are not the measured batch
             auxiliary = self._auxiliary_loss(batch)
         if auxiliary is not None:
@@ -413,7 +447,7 @@ class SAC(Agent):
             w.mul_(norm / current.clamp_min(1e-12))
 
     def _fresh_networks(self) -> tuple[Actor, TwinCritic]:
-        return (Actor(self._in_dim, self.act_dim, self.num_heads, self.cfg).to(self.device),
+        return (self._make_actor().to(self.device),
                 TwinCritic(self._in_dim, self.act_dim, self.num_heads, self.cfg).to(self.device))
 
     def _shrink_perturb(self) -> None:

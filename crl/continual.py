@@ -1,6 +1,6 @@
 """Continual-learning pieces that compose with a base learner: parameter regularisers (L2, EWC,
-MAS), PackNet's per-task weight ownership, A-GEM's gradient projection, a per-task episodic memory
-and the Gaussian KL used for cloning and distillation.
+MAS), PackNet's per-task weight ownership, A-GEM's gradient projection, a per-task episodic memory,
+the Gaussian KL used for cloning and distillation, and VCL's Bayesian linear layer.
 
 They follow Continual World's implementations (``awarelab/continual_world``, continualworld/methods/;
 reference/continual-world.md) and know nothing about SAC: each takes parameters, tensors or a
@@ -13,8 +13,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
+
+from crl.nets import in_fp32
 
 
 # -- quadratic parameter regularisers (CW's Regularization_SAC) ------------------------------------
@@ -221,3 +224,47 @@ def gaussian_kl(mu_p: torch.Tensor, log_std_p: torch.Tensor, mu_q: torch.Tensor,
     """KL(p ‖ q) of diagonal Gaussians, summed over the last dimension."""
     var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
     return (log_std_q - log_std_p + (var_p + (mu_p - mu_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
+
+
+# -- VCL (Nguyen et al. 2018; CW's VCL_SAC) -----------------------------------------------------------
+
+class BayesianLinear(nn.Module):
+    """A linear layer with a mean-field Gaussian posterior over its weights and biases, as CW's
+    ``BayesianDense``: each forward pass draws one weight sample for the whole batch
+    (reparameterised: mean + exp(logvar / 2)·ε), log-variances start at ``logvar_init`` (CW: −6),
+    the prior starts as N(0, 1). ``kl()`` is KL(posterior ‖ prior), summed; ``posterior_to_prior()``
+    makes the current posterior the prior (VCL's step between tasks). Weights are (out, in) like
+    ``nn.Linear``, whose initialisation the means get. ``fp32``: stays fp32 under autocast (``in_fp32``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, fp32: bool = False, logvar_init: float = -6.0):
+        super().__init__()
+        init = nn.Linear(in_features, out_features)
+        self.weight_mean = nn.Parameter(init.weight.detach().clone())
+        self.bias_mean = nn.Parameter(init.bias.detach().clone())
+        self.weight_logvar = nn.Parameter(torch.full_like(self.weight_mean, logvar_init))
+        self.bias_logvar = nn.Parameter(torch.full_like(self.bias_mean, logvar_init))
+        for name in ("weight_mean", "bias_mean", "weight_logvar", "bias_logvar"):
+            self.register_buffer(f"prior_{name}", torch.zeros_like(getattr(self, name)))
+        self.fp32 = fp32
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of (weight, bias) from the posterior."""
+        weight = torch.addcmul(self.weight_mean, (0.5 * self.weight_logvar).exp(), torch.randn_like(self.weight_mean))
+        bias = torch.addcmul(self.bias_mean, (0.5 * self.bias_logvar).exp(), torch.randn_like(self.bias_mean))
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_fp32(F.linear, x, *self.sample()) if self.fp32 else F.linear(x, *self.sample())
+
+    def kl(self, rows: slice = slice(None)) -> torch.Tensor:
+        """KL(posterior ‖ prior) summed over the weights and biases of output units ``rows``."""
+        return sum(gaussian_kl(getattr(self, f"{kind}_mean")[rows], 0.5 * getattr(self, f"{kind}_logvar")[rows],
+                               getattr(self, f"prior_{kind}_mean")[rows],
+                               0.5 * getattr(self, f"prior_{kind}_logvar")[rows]).sum()
+                   for kind in ("weight", "bias"))
+
+    @torch.no_grad()
+    def posterior_to_prior(self) -> None:
+        for kind in ("weight_mean", "bias_mean", "weight_logvar", "bias_logvar"):
+            getattr(self, f"prior_{kind}").copy_(getattr(self, kind))

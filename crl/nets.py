@@ -65,7 +65,7 @@ class Tanh(nn.Tanh):
 
 
 def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False,
-           activation: str = "leaky_relu", body: str = "cw") -> nn.Sequential:
+           activation: str = "leaky_relu", body: str = "cw", linear: LinearFactory | None = None) -> nn.Sequential:
     """Continual World's body: Linear→LayerNorm→tanh, then Linear→LeakyReLU for each further layer.
 
     Matches ``continualworld/sac/models.py`` (``mlp`` with ``use_layer_norm=True``); LeakyReLU keeps
@@ -73,12 +73,15 @@ def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False
     puts a LayerNorm before every nonlinearity (what Normalize-and-Project needs); ``activation="relu"``
     uses ReLU after the first layer (as the critics of Ma et al.'s Adaptive Replay Ratio). ``body="mlp"``
     drops the first layer's LayerNorm and tanh: Linear→activation throughout (see ``BODIES``).
+    ``linear(in, out, fp32)`` builds each linear layer (default ``FP32Linear`` for the input layer,
+    ``nn.Linear`` after it; VCL passes Bayesian layers).
     """
     cw_input = body == "cw"
+    linear = linear or _standard_linear
     layers: list[nn.Module] = []
     prev = in_dim
     for i, width in enumerate(hidden_sizes):
-        layers.append(FP32Linear(prev, width) if i == 0 else nn.Linear(prev, width))
+        layers.append(linear(prev, width, i == 0))
         if (i == 0 and cw_input) or norm_all:
             layers.append(nn.LayerNorm(width))
         layers.append(Tanh() if i == 0 and cw_input else _hidden_activation(activation))
@@ -106,21 +109,33 @@ class FP32Linear(nn.Linear):
         return in_fp32(F.linear, x, self.weight, self.bias)
 
 
+# builds a linear layer: (in_features, out_features, fp32) -> module; fp32: stays fp32 under autocast
+LinearFactory = Callable[[int, int, bool], nn.Module]
+
+
+def _standard_linear(in_features: int, out_features: int, fp32: bool) -> nn.Module:
+    return FP32Linear(in_features, out_features) if fp32 else nn.Linear(in_features, out_features)
+
+
 class MultiHead(nn.Module):
     """``num_heads`` linear heads of ``out_dim`` outputs in one matmul; each row picks its head.
 
-    With ``num_heads == 1`` it is a plain linear layer (single-head ablation).
+    With ``num_heads == 1`` it is a plain linear layer (single-head ablation). ``linear`` replaces the
+    ``nn.Linear`` by a layer whose ``sample()`` draws (weight, bias) for each forward pass (VCL).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_heads: int):
+    def __init__(self, in_dim: int, out_dim: int, num_heads: int, linear: LinearFactory | None = None):
         super().__init__()
         self.out_dim, self.num_heads = out_dim, num_heads
-        self.linear = nn.Linear(in_dim, out_dim * num_heads)
+        self.linear = (linear or _standard_linear)(in_dim, out_dim * num_heads, False)
 
     def forward(self, features: torch.Tensor, head: int | torch.Tensor) -> torch.Tensor:
         """``head`` is one head for the whole batch (an int: only its slice of the weights is used)
         or one per row (an (n,) long tensor)."""
-        weight, bias = self.linear.weight, self.linear.bias
+        if isinstance(self.linear, nn.Linear):
+            weight, bias = self.linear.weight, self.linear.bias
+        else:
+            weight, bias = self.linear.sample()
         if self.num_heads == 1:
             return in_fp32(F.linear, features, weight, bias)
         if isinstance(head, int):

@@ -34,11 +34,15 @@ Networks, ``--arch`` (default: both, in the same run):
   layer, LeakyReLU(0.2) after the others, one output head and one α per task; ``--heads`` of them,
   default 10 as in CW10, the task at position 0), against the same SB3 (more work on crl's side).
 
-crl updates actor, critics and α with one fused Adam; SB3 uses three Adams.
+crl updates actor, critics and α with one fused Adam; SB3 uses three Adams. ``--compile off,on`` also
+times crl with ``agent.compile`` (SAC's losses through ``torch.compile``; compiled in the untimed warm-up,
+at the first thread count: inductor's fused elementwise kernels keep that count, the matmuls follow
+``--threads``).
 
     python scripts/bench_sac.py                 # push-v3, 2000 timed steps, 1 and 2 threads, fp32, both --arch
     python scripts/bench_sac.py --precision fp32,bf16 --arch same --threads 2
     python scripts/bench_sac.py --task reach-v3 --steps 1000 --backend envpool
+    python scripts/bench_sac.py --arch same --compile off,on --threads 1
 """
 
 from __future__ import annotations
@@ -58,16 +62,17 @@ from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task, resolve_b
 class CrlContender:
     """crl's SAC driven by the inner loop of crl/loop.py (act → VecEnv.step → observe → update)."""
 
-    def __init__(self, args, update_every: int, precision: str, arch: str):
+    def __init__(self, args, update_every: int, precision: str, arch: str, compiled: bool):
         from crl.agents.sac import SAC, SACConfig
 
         seed_everything(args.seed)
-        self.name = f"crl SAC {arch} {precision} (update_every={update_every})"
+        self.name = f"crl SAC {arch} {precision}{' compiled' if compiled else ''} (update_every={update_every})"
         self.device, self.update_every, self.precision, self.arch = torch.device("cpu"), update_every, precision, arch
+        self.compiled = compiled
         networks = dict(body="mlp", activation="relu", multihead=False) if arch == "same" else {}
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
                         update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
-                        precision=precision, **networks)
+                        precision=precision, compile=compiled, **networks)
         self.task = metaworld_task(args.task, 0, args.heads)
         self.agent = SAC(self.task.obs_dim, self.task.act_dim, args.heads, cfg, self.device)  # multihead=False: 1 head
         self.agent.begin_task(self.task)
@@ -190,6 +195,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--precision", default="fp32",
                         help="crl's update precision(s), comma-separated: fp32, bf16 (SB3 always fp32) (default: %(default)s)")
+    parser.add_argument("--compile", default="off",
+                        help="crl's update through torch.compile (agent.compile), comma-separated: off, on; 'off,on' "
+                             "measures both in the same run (compilation happens in the untimed warm-up) "
+                             "(default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="interleaved timing rounds; each contender runs steps/rounds per round (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -197,12 +206,14 @@ def main() -> None:
     args = parser.parse_args()
     try:
         thread_counts = [int(t) for t in args.threads.split(",")]
-        precisions, archs = args.precision.split(","), args.arch.split(",")
-        if any(t < 1 for t in thread_counts) or not set(precisions) <= {"fp32", "bf16"} or not set(archs) <= {"same", "cw"}:
+        precisions, archs, compiles = args.precision.split(","), args.arch.split(","), args.compile.split(",")
+        if (any(t < 1 for t in thread_counts) or not set(precisions) <= {"fp32", "bf16"}
+                or not set(archs) <= {"same", "cw"} or not set(compiles) <= {"off", "on"}):
             raise ValueError
     except ValueError:
-        parser.exit(2, f"bad --threads {args.threads!r}, --precision {args.precision!r} or --arch {args.arch!r}: threads "
-                       "are positive integers, precisions fp32 or bf16, archs same or cw, comma-separated\n")
+        parser.exit(2, f"bad --threads {args.threads!r}, --precision {args.precision!r}, --arch {args.arch!r} or "
+                       f"--compile {args.compile!r}: threads are positive integers, precisions fp32 or bf16, archs "
+                       "same or cw, compile off or on, comma-separated\n")
 
     torch.set_num_threads(thread_counts[0])
     backend = resolve_backend(args.backend)
@@ -215,8 +226,8 @@ def main() -> None:
           f"{args.precision}) = same: Linear+ReLU MLP, single head; cw: Continual World MLP (Linear-LayerNorm-tanh, "
           f"then LeakyReLU), {args.heads} heads")
 
-    crl = [CrlContender(args, update_every, precision, arch)
-           for arch in archs for precision in precisions for update_every in (50, 1)]
+    crl = [CrlContender(args, update_every, precision, arch, compiled == "on")
+           for arch in archs for precision in precisions for compiled in compiles for update_every in (50, 1)]
     # SB3 on both schedules too, so that each crl schedule is compared with SB3 on the same one
     sb3 = [] if args.skip_sb3 else [SB3Contender(args, 50), SB3Contender(args, 1)]
     contenders = crl + sb3
@@ -225,9 +236,9 @@ def main() -> None:
         torch.set_num_threads(threads)
         results = {r["name"]: r for r in measure(contenders, args)}
         print(f"\n-- {threads} torch thread(s) --")
-        print(f"{'name':36s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
+        print(f"{'name':45s} {'env-steps/s':>12s} {'updates/s':>10s} {'timed steps':>12s} {'grad steps in window':>21s}")
         for r in results.values():
-            print(f"{r['name']:36s} {r['sps']:12.1f} {r['ups']:10.1f} {r['steps']:12d} {r['updates']:21d}")
+            print(f"{r['name']:45s} {r['sps']:12.1f} {r['ups']:10.1f} {r['steps']:12d} {r['updates']:21d}")
         if sb3:
             reference = {c.update_every: results[c.name]["sps"] for c in sb3}
             ratio = {c.name: results[c.name]["sps"] / reference[c.update_every] for c in crl}
@@ -235,11 +246,14 @@ def main() -> None:
                 print(f"ratio {c.name} / SB3 on the same schedule (env-steps/s): {ratio[c.name]:.2f}")
             for arch in archs:
                 for precision in precisions:
-                    every_50, every_step = (ratio[c.name] for c in crl  # built in this order
-                                            if c.precision == precision and c.arch == arch)
-                    networks = "identical networks" if arch == "same" else "crl with CW networks"
-                    headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precision}, {networks}): "
-                                    f"{every_50:.2f} every 50 steps, {every_step:.2f} every step")
+                    for compiled in compiles:
+                        every_50, every_step = (ratio[c.name] for c in crl  # built in this order
+                                                if c.precision == precision and c.arch == arch
+                                                and c.compiled == (compiled == "on"))
+                        networks = "identical networks" if arch == "same" else "crl with CW networks"
+                        precision_ = precision + (", compiled" if compiled == "on" else "")
+                        headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {precision_}, {networks}): "
+                                        f"{every_50:.2f} every 50 steps, {every_step:.2f} every step")
     for c in contenders:
         c.close()
     print(f"\n(benchmark wall time {time.perf_counter() - START:.0f} s)")

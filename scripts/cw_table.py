@@ -23,7 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CW_METHODS = "sac,l2,ewc,mas,packnet,agem,perfect-memory,clonex"
+CW_METHODS = "sac,l2,ewc,mas,vcl,packnet,agem,perfect-memory,clonex"
 
 
 def seeds(spec: str) -> list[int]:

@@ -14,14 +14,16 @@ from crl.agents.episodic_memory import EpisodicMemoryConfig, EpisodicMemorySAC
 from crl.agents.kickstart import Kickstart, KickstartConfig
 from crl.agents.packnet import PackNet, PackNetConfig
 from crl.agents.regularization import RegularizedSAC, RegularizedSACConfig
-from crl.continual import agem_project, ewc_importance, mas_importance
+from crl.agents.vcl import VCL, VCLConfig
+from crl.continual import BayesianLinear, agem_project, ewc_importance, mas_importance
 from crl.core import Transitions
 from crl.envs import make_sequence
 from crl.replay import ReplayBuffer
 
 OBS, ACT, TASKS = 39, 4, 3
 SMALL = {"hidden_sizes": (32, 32, 32), "batch_size": 32, "start_steps": 0, "update_after": 0, "update_every": 1}
-SAC_FAMILY = ["sac", "l2", "ewc", "mas", "packnet", "agem", "perfect-memory", "episodic-memory", "clonex", "kickstart"]
+SAC_FAMILY = ["sac", "l2", "ewc", "mas", "vcl", "packnet", "agem", "perfect-memory", "episodic-memory", "clonex",
+              "kickstart"]
 
 
 def build(cls, cfg_cls, **overrides):
@@ -194,12 +196,66 @@ def test_agem_step_never_points_against_the_memory():
     assert violations > 0  # the test exercised the projection
 
 
+def test_vcl_posterior_of_a_finished_task_becomes_the_prior_and_the_kl_pulls_towards_it():
+    agent = build(VCL, VCLConfig)
+    assert agent._auxiliary_loss({}) is None  # no KL during the first task (CW's reference runs)
+    train_task(agent, 0, 5)
+    posterior = {n: p.detach().clone() for n, p in agent.actor.body.named_parameters()}
+    agent.begin_task(make_sequence("cw10").tasks[1])
+    assert agent.kl().item() == 0.0  # prior = posterior at the switch
+    for layer in agent.body_layers:
+        name = next(n.rsplit(".", 1)[0] for n, m in agent.actor.body.named_modules() if m is layer)
+        assert torch.equal(layer.prior_weight_mean, posterior[f"{name}.weight_mean"])
+        assert torch.equal(layer.prior_weight_logvar, posterior[f"{name}.weight_logvar"])
+    # moving one weight mean by δ costs δ² / (2 σ²_prior): the KL is the distance in the prior's metric
+    layer, delta = agent.body_layers[1], 0.01
+    with torch.no_grad():
+        layer.weight_mean[0, 0] += delta
+    expected = delta ** 2 / (2 * layer.prior_weight_logvar[0, 0].exp())
+    assert torch.allclose(agent.kl(), expected, rtol=1e-3)
+    assert_auxiliary_loss_falls_on_the_next_task(agent, begin=False)
+    # the body's LayerNorm is frozen from the second task on
+    norms = [p.detach().clone() for m in agent.body_norms for p in m.parameters()]
+    agent._gradient_step()
+    assert all(not p.requires_grad for m in agent.body_norms for p in m.parameters())
+    assert all(torch.equal(p, q) for p, q in zip((p for m in agent.body_norms for p in m.parameters()), norms))
+    resumed = build(VCL, VCLConfig)  # a checkpoint keeps the priors, and the freeze
+    resumed.load_state_dict(agent.state_dict())
+    assert torch.equal(resumed.kl(), agent.kl())
+    assert all(not p.requires_grad for m in resumed.body_norms for p in m.parameters())
+
+
+def test_vcl_samples_weights_at_every_forward_pass_around_the_posterior_means():
+    layer = BayesianLinear(8, 4)
+    x = torch.randn(5, 8)
+    assert not torch.equal(layer(x), layer(x))
+    with torch.no_grad():
+        layer.weight_logvar.fill_(-60.0)
+        layer.bias_logvar.fill_(-60.0)
+    assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight_mean, layer.bias_mean), atol=1e-6)
+    # the initial prior is N(0, 1); with first_task_kl the first task and the current head are regularised
+    agent = build(VCL, VCLConfig, first_task_kl=True)
+    agent.begin_task(make_sequence("cw10").tasks[0])
+    head = agent.actor.head.linear
+    rows = slice(0, agent.actor.head.out_dim)
+    assert torch.allclose(agent.kl(), sum(m.kl() for m in agent.body_layers) + head.kl(rows))
+    assert agent._auxiliary_loss({}) > 0
+
+
+def test_vcl_rejects_interventions_on_plain_linear_weights():
+    from crl.core import UsageError
+
+    with pytest.raises(UsageError, match="vcl does not support redo_every"):
+        build(VCL, VCLConfig, redo_every=10)
+
+
 # -- memories and cloning ------------------------------------------------------------------------------
 
-def assert_auxiliary_loss_falls_on_the_next_task(agent) -> None:
+def assert_auxiliary_loss_falls_on_the_next_task(agent, begin: bool = True) -> None:
     """Train task 1 after moving the shared body off task 0's solution: the loss that keeps task 0
-    (cloning, distillation) must pull it back while task 1 trains."""
-    agent.begin_task(make_sequence("cw10").tasks[1])
+    (cloning, distillation, VCL's KL) must pull it back while task 1 trains."""
+    if begin:
+        agent.begin_task(make_sequence("cw10").tasks[1])
     agent.observe(transitions(256, 1, shift=1.0))
     with torch.no_grad():
         for p in agent.actor.body.parameters():

@@ -359,3 +359,72 @@ def test_plain_mlp_body_has_no_layernorm_or_tanh():
     assert (h[0] >= 0).all()
     with pytest.raises(UsageError, match="unknown body 'resnet'; allowed: cw, mlp"):
         make_agent(body="resnet")
+
+
+def _gradients_and_updates_across_a_task_switch(agent: SAC, device: str = "cpu") -> list[torch.Tensor]:
+    """For each task of cw2: the gradient of the update's loss on one fixed batch (flattened), then one round of
+    updates (another task is another head: a recompile when compiled)."""
+    params = [*agent.actor.parameters(), *agent.critics.parameters(), agent.log_alpha]
+    grads = []
+    for task in make_sequence("cw2").tasks:
+        agent.begin_task(task)
+        torch.manual_seed(task.index)
+        agent.observe(Transitions(**{k: v.to(device) for k, v in vars(batch(40, task.index)).items()}))
+        fixed = agent._sample_batch()
+        torch.manual_seed(100 + task.index)  # the same actor noise for both agents
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=agent.cfg.precision == "bf16"):
+            loss, _ = agent._losses(fixed)
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+        stats = agent.update()
+        assert stats and all(torch.isfinite(v).all() for v in stats.values())
+    return grads
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_update_equals_the_eager_one(precision):
+    """compile=true runs SAC's losses through torch.compile (inductor on CPU): the same gradients as eager,
+    before and after a task switch (another head: a recompile), and the same weights after the updates.
+    Inductor draws its own random numbers unless ``fallback_random``: then both draw the same noise."""
+    import torch._inductor.config as inductor_config
+
+    eager, compiled = make_agent(precision=precision), make_agent(precision=precision, compile=True)
+    initial = [p.detach().clone() for p in eager.critics.parameters()]
+    with inductor_config.patch(fallback_random=True):
+        want, got = (_gradients_and_updates_across_a_task_switch(a) for a in (eager, compiled))
+    assert compiled._compiled_losses is not None and compiled.gradient_steps == eager.gradient_steps > 0
+    for g_compiled, g_eager in zip(got, want):
+        if precision == "fp32":
+            assert torch.allclose(g_compiled, g_eager, rtol=1e-3, atol=1e-5), (g_compiled - g_eager).abs().max()
+        else:  # inductor rounds fused intermediates to bf16 at other places than eager autocast does
+            assert (g_compiled - g_eager).norm() < 0.01 * g_eager.norm()
+    # Adam turns rounding differences of near-zero gradients into steps of up to lr, so the weights are compared
+    # by how far each agent moved them: the two moves agree to a few percent
+    moved_eager = torch.cat([(p - p0).flatten() for p, p0 in zip(eager.critics.parameters(), initial)])
+    moved_compiled = torch.cat([(p - p0).flatten() for p, p0 in zip(compiled.critics.parameters(), initial)])
+    assert (moved_compiled - moved_eager).norm() < 0.05 * moved_eager.norm()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA path: runs where a GPU is present")
+def test_compiled_update_with_cuda_graphs_equals_the_eager_one():
+    """On CUDA compile=true replays the losses' forward and backward as CUDA graphs: same gradients as eager."""
+    import torch._inductor.config as inductor_config
+
+    agents = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        cfg = SACConfig(hidden_sizes=(32,) * 4, batch_size=16, start_steps=20, update_after=10, update_every=5,
+                        compile=compile_)
+        agents.append(SAC(OBS, ACT, TASKS, cfg, torch.device("cuda")))
+    with inductor_config.patch(fallback_random=True):
+        want, got = (_gradients_and_updates_across_a_task_switch(a, "cuda") for a in agents)
+    for g_compiled, g_eager in zip(got, want):
+        assert torch.allclose(g_compiled, g_eager, rtol=1e-3, atol=1e-5)
+
+
+def test_compile_is_read_from_the_config_and_a_bad_value_is_a_usage_error():
+    from crl.core import UsageError
+    from crl.config import build_config
+
+    assert build_config("cw2", "sac", preset="smoke", sets=["agent.compile=true"]).agent_config.compile is True
+    with pytest.raises(UsageError, match="compile"):
+        build_config("cw2", "sac", preset="smoke", sets=["agent.compile=sometimes"])

@@ -10,7 +10,8 @@ later task the body's prior becomes its current posterior, and the body's LayerN
 gains λ·KL(posterior ‖ prior) summed over the body (λ = 1, ``reg_coef``), except during the first task
 (CW's reference runs: ``first_task_kl=False``). With ``first_task_kl`` the first task is regularised
 too and the current head's rows join the KL, towards the head's prior, which is never updated (CW's
-``_update_layer_prior`` skips multi-head layers). The critics are plain (CW supports no critic VCL).
+``_update_layer_prior`` skips multi-head layers); a single head (``multihead=False``) is treated like a
+body layer. The critics are plain (CW supports no critic VCL).
 
 Differs: the posterior means start like ``nn.Linear`` (as crl's other actors) rather than Glorot
 weights and zero biases.
@@ -47,7 +48,9 @@ class VCL(SAC):
             raise UsageError(f"vcl does not support {', '.join(unsupported)} (they act on plain linear weights); "
                              "allowed with vcl: the plasticity probes and the other SAC options")
         super().__init__(obs_dim, act_dim, num_tasks, config, device)
-        self.body_layers = [m for m in self.actor.body if isinstance(m, BayesianLinear)]
+        self.regularized_layers = [m for m in self.actor.body if isinstance(m, BayesianLinear)]
+        if self.num_heads == 1:  # CW treats a single head like a body layer (only multi-head layers are special)
+            self.regularized_layers.append(self.actor.head.linear)
         self.body_norms = [m for m in self.actor.body if isinstance(m, nn.LayerNorm)]
 
     def _make_actor(self) -> Actor:
@@ -59,7 +62,7 @@ class VCL(SAC):
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
         if task.index > 0:  # the loop calls begin_task once per task, also across a resume
-            for layer in self.body_layers:
+            for layer in self.regularized_layers:
                 layer.posterior_to_prior()
         self._freeze_norms()
 
@@ -70,12 +73,12 @@ class VCL(SAC):
             norm.requires_grad_(self.task_index == 0)
 
     def kl(self) -> torch.Tensor:
-        """KL(posterior ‖ prior) of what VCL regularises: the body, and with ``first_task_kl`` the current head."""
-        total = sum(layer.kl() for layer in self.body_layers)
-        if self.cfg.first_task_kl:
+        """KL(posterior ‖ prior) of what VCL regularises: the body (with a single head, it too), and with
+        ``first_task_kl`` the current one of several heads."""
+        total = sum(layer.kl() for layer in self.regularized_layers)
+        if self.cfg.first_task_kl and self.num_heads > 1:
             out = self.actor.head.out_dim
-            total = total + self.actor.head.linear.kl(slice(self.task_index * out, (self.task_index + 1) * out)
-                                                      if self.num_heads > 1 else slice(None))
+            total = total + self.actor.head.linear.kl(slice(self.task_index * out, (self.task_index + 1) * out))
         return total
 
     def _auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -203,12 +203,12 @@ def test_vcl_posterior_of_a_finished_task_becomes_the_prior_and_the_kl_pulls_tow
     posterior = {n: p.detach().clone() for n, p in agent.actor.body.named_parameters()}
     agent.begin_task(make_sequence("cw10").tasks[1])
     assert agent.kl().item() == 0.0  # prior = posterior at the switch
-    for layer in agent.body_layers:
+    for layer in agent.regularized_layers:
         name = next(n.rsplit(".", 1)[0] for n, m in agent.actor.body.named_modules() if m is layer)
         assert torch.equal(layer.prior_weight_mean, posterior[f"{name}.weight_mean"])
         assert torch.equal(layer.prior_weight_logvar, posterior[f"{name}.weight_logvar"])
     # moving one weight mean by δ costs δ² / (2 σ²_prior): the KL is the distance in the prior's metric
-    layer, delta = agent.body_layers[1], 0.01
+    layer, delta = agent.regularized_layers[1], 0.01
     with torch.no_grad():
         layer.weight_mean[0, 0] += delta
     expected = delta ** 2 / (2 * layer.prior_weight_logvar[0, 0].exp())
@@ -238,8 +238,17 @@ def test_vcl_samples_weights_at_every_forward_pass_around_the_posterior_means():
     agent.begin_task(make_sequence("cw10").tasks[0])
     head = agent.actor.head.linear
     rows = slice(0, agent.actor.head.out_dim)
-    assert torch.allclose(agent.kl(), sum(m.kl() for m in agent.body_layers) + head.kl(rows))
+    assert torch.allclose(agent.kl(), sum(m.kl() for m in agent.regularized_layers) + head.kl(rows))
     assert agent._auxiliary_loss({}) > 0
+
+
+def test_vcl_regularises_a_single_head_like_a_body_layer():
+    agent = build(VCL, VCLConfig, multihead=False)
+    head = agent.actor.head.linear
+    assert head in agent.regularized_layers
+    train_task(agent, 0, 2)
+    agent.begin_task(make_sequence("cw10").tasks[1])
+    assert torch.equal(head.prior_weight_mean, head.weight_mean) and agent.kl().item() == 0.0
 
 
 def test_vcl_rejects_interventions_on_plain_linear_weights():

@@ -58,10 +58,13 @@ def default_run_dir(cfg: RunConfig, root: Path = Path("runs")) -> Path:
     return root / f"{cfg.seq}__{cfg.agent}{kind}__s{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Create a fresh run dir; refuse to write into one that already holds a run."""
+def check_run_dir_free(run_dir: Path) -> None:
+    """Refuse a run dir that already holds something (a run to resume, or another run)."""
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"run dir {run_dir} already exists and is not empty; use --resume {run_dir} or another --run-dir")
+
+
+def write_run_config(run_dir: Path, cfg: RunConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -234,8 +237,11 @@ class ContinualLoop:
 def train(cfg: RunConfig, run_dir: Path | None = None, *, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     resolve_device(cfg.device)  # fail before anything is written
-    prepare_run_dir(run_dir, cfg)
+    check_run_dir_free(run_dir)
+    # the agent is built before the run dir is written, so a bad agent setting leaves no half-made run dir
+    # that would block the corrected command
     loop = ContinualLoop(cfg, run_dir, quiet=quiet)
+    write_run_config(run_dir, cfg)
     return run_dir, loop.run()
 
 

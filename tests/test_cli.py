@@ -60,6 +60,15 @@ def test_cuda_without_cuda(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written
 
 
+def test_a_bad_agent_setting_writes_no_run_dir(capsys, tmp_path):
+    """Settings the agent rejects when it is built (here the precision) stop before the run dir is written, so
+    the corrected command can use the same --run-dir."""
+    run_dir = tmp_path / "r"
+    assert_usage_error(capsys, [*TRAIN, "--set", "agent.precision=fp8", "--run-dir", str(run_dir)],
+                       "unknown precision 'fp8'", "fp32, bf16")
+    assert not run_dir.exists()
+
+
 def test_config_file_missing_and_invalid(capsys, tmp_path):
     assert_usage_error(capsys, [*TRAIN, "--config", str(tmp_path / "nope.yaml")], "cannot read config file", "nope.yaml")
     bad = tmp_path / "bad.yaml"

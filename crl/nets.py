@@ -53,7 +53,14 @@ class _SigmoidTanh(torch.autograd.Function):
 
 
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """``torch.tanh`` computed as 2·σ(2x) − 1 (see ``_SigmoidTanh``); same values to 2e-7, faster on CPU."""
+    """``torch.tanh`` computed as 2·σ(2x) − 1 (see ``_SigmoidTanh``); same values to 2e-7, faster on CPU.
+
+    Inside a ``torch.compile`` graph (SAC's ``compile``) it is a plain ``torch.tanh``: inductor fuses that
+    into its neighbours anyway, and torch 2.11's AOTAutograd (CPU and CUDA; 2.13 is fine) returned zero
+    gradients through ``_SigmoidTanh``'s in-place forward, so for every parameter before it (found by
+    tests/test_sac.py's CUDA-graph test on an H100)."""
+    if torch.compiler.is_compiling():
+        return torch.tanh(x)
     return _SigmoidTanh.apply(x)
 
 

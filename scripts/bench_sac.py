@@ -1,4 +1,4 @@
-"""Benchmark crl's SAC against Stable-Baselines3's SAC on one Meta-World task (CPU, env-steps/s).
+"""Benchmark crl's SAC against Stable-Baselines3's SAC on one Meta-World task (env-steps/s, CPU or CUDA).
 
 Both agents are measured in the same run, on the same machine, under the same conditions:
 
@@ -20,6 +20,8 @@ Both agents are measured in the same run, on the same machine, under the same co
   gradient steps done in the window is checked and printed). Nothing is subtracted: both sides time
   act + env step + store + update. The timed phase runs in ``--rounds`` interleaved rounds (crl,
   crl, SB3, crl, ...), so background load on a shared machine falls on every contender alike.
+- Same device (``--device``, default cpu): with ``cuda`` both learners, their replay buffers and their
+  updates run on the GPU while the env steps on the CPU; the clock is read after a device synchronize.
 - Same torch thread count (``--threads``). The default ``1,2`` measures every contender at 1 and then at
   2 threads (the two cores of the reference machine) in the same run (``torch.set_num_threads`` between).
 - Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
@@ -43,6 +45,7 @@ at the first thread count: inductor's fused elementwise kernels keep that count,
     python scripts/bench_sac.py --precision fp32,bf16 --arch same --threads 2
     python scripts/bench_sac.py --task reach-v3 --steps 1000 --backend envpool
     python scripts/bench_sac.py --arch same --compile off,on --threads 1
+    python scripts/bench_sac.py --device cuda --arch same,cw --compile off,on --threads 1   # CUDA graphs
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class CrlContender:
 
         seed_everything(args.seed)
         self.name = f"crl SAC {arch} {precision}{' compiled' if compiled else ''} (update_every={update_every})"
-        self.device, self.update_every, self.precision, self.arch = torch.device("cpu"), update_every, precision, arch
+        self.device, self.update_every, self.precision, self.arch = torch.device(args.device), update_every, precision, arch
         self.compiled = compiled
         networks = dict(body="mlp", activation="relu", multihead=False) if arch == "same" else {}
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
@@ -128,7 +131,7 @@ class SB3Contender:
         self.model = SAC("MlpPolicy", self.env, learning_rate=args.lr, buffer_size=1_000_000,
                          learning_starts=args.learning_starts, batch_size=args.batch_size, tau=0.005, gamma=0.99,
                          train_freq=train_freq, gradient_steps=train_freq, policy_kwargs=dict(net_arch=[256] * 4),
-                         seed=args.seed, device="cpu", verbose=0)
+                         seed=args.seed, device=args.device, verbose=0)
         # Warm-up: learning_starts random steps, then warmup_updates steps with updates. SB3 trains
         # once num_timesteps > learning_starts, train_freq updates every train_freq steps.
         self.model.learn(total_timesteps=args.learning_starts + args.warmup_updates)
@@ -150,19 +153,24 @@ def measure(contenders: list, args) -> list[dict]:
     """Time every contender in ``args.rounds`` interleaved rounds (crl, crl, SB3, crl, crl, SB3, ...),
     so a change in background load during the run hits all of them alike; rates are totals over rounds."""
     totals = {c.name: {"steps": 0, "updates": 0, "seconds": 0.0, "update_seconds": 0.0} for c in contenders}
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)  # GPU work is asynchronous
     for c in contenders:
         c.run_updates(10)
     for _ in range(args.rounds):
         for c in contenders:
+            sync()
             t0 = time.perf_counter()
             steps, updates = c.run_steps(args.steps // args.rounds)
+            sync()
             tot = totals[c.name]
             tot["seconds"] += time.perf_counter() - t0
             tot["steps"] += steps
             tot["updates"] += updates
         for c in contenders:  # pure update rate on the filled buffer, env excluded
+            sync()
             t0 = time.perf_counter()
             c.run_updates(args.update_calls // args.rounds)
+            sync()
             totals[c.name]["update_seconds"] += time.perf_counter() - t0
     n_updates = args.update_calls // args.rounds * args.rounds
     return [{"name": name, "steps": t["steps"], "updates": t["updates"], "sps": t["steps"] / t["seconds"],
@@ -201,6 +209,8 @@ def main() -> None:
                              "(default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="interleaved timing rounds; each contender runs steps/rounds per round (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where both learners and their replay live; the env steps on the CPU (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-sb3", action="store_true", help="measure crl only (no ratio)")
     args = parser.parse_args()
@@ -215,9 +225,12 @@ def main() -> None:
                        f"--compile {args.compile!r}: threads are positive integers, precisions fp32 or bf16, archs "
                        "same or cw, compile off or on, comma-separated\n")
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "--device cuda: CUDA is not available on this machine; allowed here: cpu\n")
     torch.set_num_threads(thread_counts[0])
     backend = resolve_backend(args.backend)
-    print(f"task {args.task}, 1 env, crl backend {backend}, torch {torch.__version__}, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"task {args.task}, 1 env, crl backend {backend}, learners on {where}, torch {torch.__version__}, "
           f"torch threads {args.threads} (both), batch {args.batch_size}, 4x256 actor + twin critics")
     print(f"warm-up {args.learning_starts} random steps + >= {args.warmup_updates} steps with updates; "
           f"timed {args.steps} env steps at 1 gradient step per env step; pure update rate over "
@@ -247,7 +260,7 @@ def main() -> None:
             for every_50, every_step in zip(crl[::2], crl[1::2]):  # built as (50, 1) pairs per setting
                 networks = "identical networks" if every_50.arch == "same" else "crl with CW networks"
                 setting = every_50.precision + (", compiled" if every_50.compiled else "")
-                headline.append(f"ratio crl/sb3 (env-steps/s, {threads} thread(s), {setting}, {networks}): "
+                headline.append(f"ratio crl/sb3 (env-steps/s, {args.device}, {threads} thread(s), {setting}, {networks}): "
                                 f"{ratio[every_50.name]:.2f} every 50 steps, {ratio[every_step.name]:.2f} every step")
     for c in contenders:
         c.close()

@@ -70,8 +70,8 @@ class CrlContender:
 
         seed_everything(args.seed)
         self.name = f"crl SAC {arch} {precision}{' compiled' if compiled else ''} (update_every={update_every})"
-        self.device, self.update_every, self.precision, self.arch = torch.device(args.device), update_every, precision, arch
-        self.compiled = compiled
+        self.device = torch.device(args.device)
+        self.update_every, self.precision, self.arch, self.compiled = update_every, precision, arch, compiled
         networks = dict(body="mlp", activation="relu", multihead=False) if arch == "same" else {}
         cfg = SACConfig(batch_size=args.batch_size, lr=args.lr, start_steps=args.learning_starts,
                         update_after=args.learning_starts, update_every=update_every, replay_ratio=1.0,
@@ -210,7 +210,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4,
                         help="interleaved timing rounds; each contender runs steps/rounds per round (default: %(default)s)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="where both learners and their replay live; the env steps on the CPU (default: %(default)s)")
+                        help="where both learners and their replay live; the env steps on the CPU "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-sb3", action="store_true", help="measure crl only (no ratio)")
     args = parser.parse_args()
@@ -260,8 +261,9 @@ def main() -> None:
             for every_50, every_step in zip(crl[::2], crl[1::2]):  # built as (50, 1) pairs per setting
                 networks = "identical networks" if every_50.arch == "same" else "crl with CW networks"
                 setting = every_50.precision + (", compiled" if every_50.compiled else "")
-                headline.append(f"ratio crl/sb3 (env-steps/s, {args.device}, {threads} thread(s), {setting}, {networks}): "
-                                f"{ratio[every_50.name]:.2f} every 50 steps, {ratio[every_step.name]:.2f} every step")
+                headline.append(f"ratio crl/sb3 (env-steps/s, {args.device}, {threads} thread(s), {setting}, "
+                                f"{networks}): {ratio[every_50.name]:.2f} every 50 steps, "
+                                f"{ratio[every_step.name]:.2f} every step")
     for c in contenders:
         c.close()
     print(f"\n(benchmark wall time {time.perf_counter() - START:.0f} s)")

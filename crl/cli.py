@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train the Decision Transformer backbone of L2M and cache it")
     p.add_argument("--data", default="mt40", help="pre-training task set: mt40 | mt50 | comma-separated names")
     p.add_argument("--size", default="small", help="backbone size: small | paper")
+    p.add_argument("--context", type=int, help="timesteps per window (default 2)")
+    p.add_argument("--target", choices=("expert", "executed"), help="behaviour-cloning target (default expert)")
+    p.add_argument("--eval-episodes", type=int, default=5,
+                   help="episodes per pre-training task when scoring the finished backbone (0 skips)")
     p.add_argument("--episodes", type=int, help="expert episodes per task")
     p.add_argument("--updates", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int)
@@ -160,25 +164,28 @@ def cmd_pretrain(args) -> None:
     import torch
 
     from crl.config import resolve_device
-    from crl.envs.data import default_data_dir, resolve_tasks
-    from crl.pretrain import PretrainConfig, backbone_path, dt_config, pretrain
+    from crl.envs.data import default_data_dir
+    from crl.pretrain import PretrainConfig, backbone_path, check_pretrain_config, pretrain
 
-    resolve_tasks(args.data)
-    dt_config(args.size)
-    overrides = {"episodes": args.episodes, "updates": args.updates, "batch_size": args.batch_size, "lr": args.lr}
+    overrides = {"episodes": args.episodes, "updates": args.updates, "batch_size": args.batch_size, "lr": args.lr,
+                 "context": args.context, "action_target": args.target}
     cfg = dataclasses.replace(PretrainConfig(tasks=args.data, size=args.size, seed=args.seed),
                               **{k: v for k, v in overrides.items() if v is not None})
-    for name in ("episodes", "updates", "batch_size"):
-        if getattr(cfg, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    check_pretrain_config(cfg)
+    if args.eval_episodes < 0:
+        raise UsageError(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be positive, got {args.threads}")
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir} is a file; give a directory")
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    data_dir = args.data_dir or default_data_dir()
     path = backbone_path(cfg, data_dir)
     if path.exists():
         print(f"already pre-trained: {path}")
         return
-    pretrain(cfg, data_dir, device)
+    pretrain(cfg, data_dir, device, eval_episodes=args.eval_episodes)
 
 
 def cmd_report(args) -> None:

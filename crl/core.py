@@ -136,6 +136,12 @@ class Agent(abc.ABC):
 
     learns_from: str = "env"
 
+    def prepare(self, tasks: list[Task]) -> None:
+        """Called by ``crl train`` once per run segment, before training (and before a resume restores
+        the checkpoint): fetch or build what the agent needs beyond its own weights, e.g. datasets and a
+        pre-trained model (cached, so a resume is quick). ``crl eval`` does not call it: a run's own
+        ``state_dict`` must be enough to act. Default: nothing."""
+
     @abc.abstractmethod
     def begin_task(self, task: Task) -> None: ...
 

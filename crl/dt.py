@@ -2,7 +2,8 @@
 
 Layout and heads
 ----------------
-Each timestep is three tokens ``[return-to-go, state, action]`` (the classic DT layout). The action of
+Each timestep is three tokens ``[return-to-go, state, action]`` (the classic DT layout), except that
+the window's last action token is dropped (no output can see it). The action of
 step t is predicted from the output at step t's STATE token by one linear head giving
 ``act_dim × n_bins`` logits: every action dim is discretised into ``n_bins`` uniform bins on [−1, 1],
 trained with cross-entropy per dim and decoded greedily as the bin CENTRE.
@@ -50,11 +51,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crl.core import UsageError
 
 
 @dataclass
@@ -144,6 +148,11 @@ class DecisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.act_dim * cfg.n_bins)
+        # Per-dimension state standardisation, part of the frozen backbone: set from the pre-training
+        # data (``set_state_normalizer``). Issue 13: the same BC network succeeds 0.0 on raw Meta-World
+        # observations and 0.8 on standardised ones; L2M feeds raw states.
+        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.register_buffer("bin_centres", -1 + (torch.arange(cfg.n_bins) + 0.5) * (2 / cfg.n_bins),
                              persistent=False)
         self._init_weights()
@@ -161,6 +170,20 @@ class DecisionTransformer(nn.Module):
 
     # ---- embedding -------------------------------------------------------------------------------
 
+    STATE_CLIP = 10.0  # standardised states are clipped to ±this (a dim that barely varies in the data)
+
+    @torch.no_grad()
+    def set_state_normalizer(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-2) -> None:
+        """Standardise the first ``len(mean)`` state dims with these statistics (the rest stay 0/1)."""
+        n = mean.shape[-1]
+        self.state_mean.zero_()[:n] = mean.to(self.state_mean)
+        self.state_std.fill_(1.0)[:n] = std.to(self.state_std).clamp_min(min_std)
+
+    def _state_linear(self, states: torch.Tensor) -> torch.Tensor:
+        n = states.shape[-1]
+        z = ((states - self.state_mean[:n]) / self.state_std[:n]).clamp(-self.STATE_CLIP, self.STATE_CLIP)
+        return self._narrow_linear(self.embed_state, z, self.cfg.state_dim, "states")
+
     def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.embed_timestep(timesteps.long().clamp(0, self.cfg.max_timestep - 1))
 
@@ -176,31 +199,32 @@ class DecisionTransformer(nn.Module):
     def state_embeddings(self, states: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Embedded state tokens (B, K, d): state + timestep embedding, after the embedding LayerNorm
         (L2M's retrieval query is their masked mean). Equal to ``embed(...)[:, 1::3]``."""
-        s = self._narrow_linear(self.embed_state, states, self.cfg.state_dim, "states")
-        return self.embed_ln(s + self._time(timesteps))
+        return self.embed_ln(self._state_linear(states) + self._time(timesteps))
 
     def embed(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
               timesteps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens (B, 3K, d) in the order [rtg_t, s_t, a_t] per step, after the embedding LayerNorm
-        (before embedding dropout). ``mask`` is accepted for symmetry; padding is handled in attention."""
+        """Tokens (B, 3K − 1, d) in the order [rtg_t, s_t, a_t] per step, after the embedding LayerNorm
+        (before embedding dropout). The last step's action token is left out: every output is read at a
+        state token before it, so no output could see it. ``mask`` is accepted for symmetry; padding is
+        handled in attention."""
         B, K = states.shape[:2]
         if returns_to_go.dim() == 2:
             returns_to_go = returns_to_go.unsqueeze(-1)
         t = self._time(timesteps)
-        s = self._narrow_linear(self.embed_state, states, self.cfg.state_dim, "states")
+        s = self._state_linear(states)
         a = self._narrow_linear(self.embed_action, actions, self.cfg.act_dim, "actions")
         r = self.embed_return(returns_to_go / self.cfg.reward_scale)
-        tokens = torch.stack((r + t, s + t, a + t), dim=2).reshape(B, 3 * K, -1)
+        tokens = torch.stack((r + t, s + t, a + t), dim=2).reshape(B, 3 * K, -1)[:, :-1]
         return self.embed_ln(tokens)
 
     # ---- trunk -----------------------------------------------------------------------------------
 
     @staticmethod
     def attention_mask(mask: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
-        """Bool (B, 1, T, T), True = may attend: causal over [prefix, 3K tokens], keys must be real
+        """Bool (B, 1, T, T), True = may attend: causal over [prefix, 3K − 1 tokens], keys must be real
         (prefix tokens are always real); a padded query attends to itself so no row is empty."""
         B, K = mask.shape
-        key_real = mask.bool().repeat_interleave(3, dim=1)
+        key_real = mask.bool().repeat_interleave(3, dim=1)[:, :-1]
         if prefix_len:
             key_real = torch.cat((key_real.new_ones(B, prefix_len), key_real), dim=1)
         T = key_real.shape[1]
@@ -284,3 +308,162 @@ class DecisionTransformer(nn.Module):
         if act_dim_used is not None:
             bins = bins[:, :act_dim_used]
         return self.undiscretize(bins)
+
+
+class RollingContext:
+    """The last ``context`` steps of ``n`` parallel episodes, as a Decision Transformer reads them at
+    evaluation: ``push(obs)`` appends the current observation (its action slot a placeholder) and returns
+    the window; ``record(action)`` fills that slot; ``after_step(reward)`` lowers the return-to-go.
+    Rows whose episode restarts are cleared by ``reset(rows, targets)`` (targets: each row's RTG target)."""
+
+    def __init__(self, n: int, context: int, obs_dim: int, act_dim: int, max_timestep: int,
+                 device: torch.device | str):
+        z = dict(device=device)
+        self.max_timestep = max_timestep
+        self.states = torch.zeros(n, context, obs_dim, **z)
+        self.actions = torch.zeros(n, context, act_dim, **z)
+        self.rtg = torch.zeros(n, context, **z)
+        self.timesteps = torch.zeros(n, context, dtype=torch.long, **z)
+        self.mask = torch.zeros(n, context, dtype=torch.bool, **z)
+        self.rtg_now = torch.zeros(n, **z)
+        self.t = torch.zeros(n, dtype=torch.long, **z)
+
+    @property
+    def size(self) -> int:
+        return self.states.shape[0]
+
+    def reset(self, rows: torch.Tensor, targets: torch.Tensor | float) -> None:
+        for buf in (self.states, self.actions, self.rtg, self.timesteps, self.mask):
+            buf[rows] = 0
+        self.rtg_now[rows] = targets[rows] if isinstance(targets, torch.Tensor) else targets
+        self.t[rows] = 0
+
+    def push(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(states, actions, returns_to_go, timesteps, mask) after appending ``obs``."""
+        for name in ("states", "actions", "rtg", "timesteps", "mask"):
+            setattr(self, name, getattr(self, name).roll(-1, dims=1))
+        self.states[:, -1] = obs
+        self.actions[:, -1] = 0
+        self.rtg[:, -1] = self.rtg_now
+        self.timesteps[:, -1] = self.t.clamp_max(self.max_timestep - 1)
+        self.mask[:, -1] = True
+        return self.states, self.actions, self.rtg, self.timesteps, self.mask
+
+    def record(self, action: torch.Tensor) -> None:
+        self.actions[:, -1, : action.shape[-1]] = action
+
+    def after_step(self, reward: torch.Tensor) -> None:
+        self.rtg_now -= reward
+        self.t += 1
+
+
+class WindowSampler:
+    """Random context windows for a Decision Transformer, uniformly over all transitions.
+
+    ``sample(B)`` picks B transitions uniformly over every transition of every dataset (so an
+    episode is picked in proportion to its length, as in L2M) and returns the window of the last
+    ``context`` steps of its episode ending at that transition, LEFT-padded with zeros where the
+    episode starts later:
+
+    - ``states`` (B, K, obs_dim) float32, ``actions`` (B, K, act_dim) float32 (executed),
+      ``expert_actions`` (B, K, act_dim) float32 (the scripted expert's, noise-free: the clean BC target)
+    - ``returns_to_go`` (B, K) float32 (undiscounted, unscaled), ``rewards`` (B, K) float32
+    - ``timesteps`` (B, K) long: step within the episode, 0 on padding
+    - ``mask`` (B, K) bool: True on real steps
+    - ``dataset_index`` (B,) long: position of the dataset in ``datasets``
+    - ``index`` (B,) long: the sampled (last) transition's row within its dataset
+
+    The gathering is vectorised per dataset (one fancy-index per array per dataset in the batch).
+    ``state_dict`` / ``load_state_dict`` save and restore the RNG, so sampling resumes exactly.
+    """
+
+    def __init__(
+        self, datasets: list[TaskDataset], context: int, device: torch.device | str = "cpu", seed: int = 0
+    ) -> None:
+        if not datasets:
+            raise UsageError("WindowSampler needs at least one dataset")
+        if not isinstance(context, int) or context < 1:
+            raise UsageError(f"context must be a positive integer, got {context!r}")
+        self.datasets = list(datasets)
+        self.context = context
+        self.device = torch.device(device)
+        self.sizes = np.array([d.num_transitions for d in self.datasets], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.total = int(self.offsets[-1])
+        # episode_starts are small (E+1 int64): keep them in memory for searchsorted
+        self._starts = [np.asarray(d.episode_starts) for d in self.datasets]
+        self.rng = np.random.default_rng(seed)
+        self.obs_dim, self.act_dim = self.datasets[0].obs.shape[1], self.datasets[0].action.shape[1]
+
+    def __len__(self) -> int:
+        return self.total
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be positive, got {batch_size}")
+        g = self.rng.integers(0, self.total, size=batch_size)
+        return self.windows(g)
+
+    def windows(self, global_index: np.ndarray) -> dict[str, torch.Tensor]:
+        """The windows ending at the given global transition indices (rows of all datasets, in order)."""
+        g = np.asarray(global_index, np.int64)
+        b, k = len(g), self.context
+        obs_dim, act_dim = self.obs_dim, self.act_dim
+        d_index = np.searchsorted(self.offsets, g, side="right") - 1
+        local = g - self.offsets[d_index]
+        steps = np.arange(-k + 1, 1, dtype=np.int64)
+
+        states = np.zeros((b, k, obs_dim), np.float32)
+        actions = np.zeros((b, k, act_dim), np.float32)
+        expert_actions = np.zeros((b, k, act_dim), np.float32)
+        rtg = np.zeros((b, k), np.float32)
+        rewards = np.zeros((b, k), np.float32)
+        timesteps = np.zeros((b, k), np.int64)
+        mask = np.zeros((b, k), bool)
+        for d in np.unique(d_index):  # a loop over datasets, not samples
+            rows = np.flatnonzero(d_index == d)
+            ds, t = self.datasets[d], local[rows]
+            start = self._starts[d][np.searchsorted(self._starts[d], t, side="right") - 1]
+            idx = t[:, None] + steps[None, :]  # (r, K)
+            valid = idx >= start[:, None]
+            src = np.where(valid, idx, start[:, None])  # padding reads the episode's first row, zeroed below
+            flat = src.ravel()
+            states[rows] = np.asarray(ds.obs[flat]).reshape(len(rows), k, obs_dim)
+            actions[rows] = np.asarray(ds.action[flat]).reshape(len(rows), k, act_dim)
+            expert_actions[rows] = np.asarray(ds.expert_action[flat]).reshape(len(rows), k, act_dim)
+            rtg[rows] = np.asarray(ds.returns_to_go[flat]).reshape(len(rows), k)
+            rewards[rows] = np.asarray(ds.reward[flat]).reshape(len(rows), k)
+            timesteps[rows] = np.where(valid, idx - start[:, None], 0)
+            mask[rows] = valid
+        pad = ~mask
+        states[pad] = 0.0
+        actions[pad] = 0.0
+        expert_actions[pad] = 0.0
+        rtg[pad] = 0.0
+        rewards[pad] = 0.0
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+        return {
+            "states": tensor(states),
+            "actions": tensor(actions),
+            "expert_actions": tensor(expert_actions),
+            "returns_to_go": tensor(rtg),
+            "rewards": tensor(rewards),
+            "timesteps": tensor(timesteps),
+            "mask": tensor(mask),
+            "dataset_index": tensor(d_index.astype(np.int64)),
+            "index": tensor(local.astype(np.int64)),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "context": self.context, "total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("total", self.total) != self.total or state.get("context", self.context) != self.context:
+            raise UsageError(
+                f"sampler state is for {state.get('total')} transitions / context {state.get('context')}, "
+                f"this sampler has {self.total} / {self.context}"
+            )
+        self.rng.bit_generator.state = state["rng"]

@@ -199,6 +199,7 @@ class ContinualLoop:
 
     def run(self, *, resume: bool = False) -> dict[str, Any]:
         cfg, tcfg, seq = self.cfg, self.cfg.train, self.sequence
+        self.agent.prepare(list(seq.tasks))
         if resume:
             self.restore()
         st = self.state
@@ -219,6 +220,7 @@ class ContinualLoop:
                     if cfg.reference:  # single-task reference: a fresh agent for every task
                         seed_everything(cfg.seed + task.index)
                         self.agent = make_agent(cfg, seq, self.device)
+                        self.agent.prepare(list(seq.tasks))
                     self.agent.begin_task(task)
                 if self.agent.learns_from == "dataset":
                     self._train_offline(task)

@@ -10,6 +10,7 @@ On-disk layout, one directory per task::
         manifest.json          format, version, task, counts, summary statistics, generator settings
         obs.npy                (T, 39) float32   observation the action was taken in
         action.npy             (T, 4)  float32   action actually executed (noisy, clipped to [-1, 1])
+        expert_action.npy      (T, 4)  float32   the scripted expert's action in that state (clipped, no noise)
         reward.npy             (T,)    float32
         success.npy            (T,)    bool      success flag at that step
         returns_to_go.npy      (T,)    float32   undiscounted, within the episode (inclusive of step t)
@@ -24,7 +25,7 @@ the pages it samples. A dataset is written into a temp directory beside its fina
 there with ``os.replace``, so a killed collection never leaves a half-written dataset behind.
 
 Public API: ``default_data_dir``, ``resolve_tasks``, ``CollectConfig``, ``collect_task``,
-``collect``, ``TaskDataset``, ``load_task``, ``list_datasets``, ``WindowSampler``,
+``collect``, ``TaskDataset``, ``load_task``, ``list_datasets``,
 ``add_data_commands`` / ``run_data_command`` (the ``crl data`` CLI).
 """
 
@@ -48,10 +49,11 @@ import torch
 
 from crl.core import UsageError
 
-from .metaworld import ACT_DIM, CW10, EPISODE_LEN, OBS_DIM, V3_TASK_NAMES, check_task_name, resolve_backend
+from .metaworld import (ACT_DIM, CW10, ENVPOOL_MISMATCHED, EPISODE_LEN, OBS_DIM, V3_TASK_NAMES, check_task_name,
+                        resolve_backend, task_backend)
 
 FORMAT_NAME = "crl-metaworld-offline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: expert_action.npy beside the executed action (issue 13)
 DOMAIN_DIR = "metaworld"
 MANIFEST = "manifest.json"
 
@@ -65,6 +67,7 @@ TASK_SETS: dict[str, tuple[str, ...]] = {
 ARRAYS: dict[str, tuple[np.dtype, tuple[int, ...], str]] = {
     "obs": (np.dtype(np.float32), (OBS_DIM,), "transition"),
     "action": (np.dtype(np.float32), (ACT_DIM,), "transition"),
+    "expert_action": (np.dtype(np.float32), (ACT_DIM,), "transition"),
     "reward": (np.dtype(np.float32), (), "transition"),
     "success": (np.dtype(np.bool_), (), "transition"),
     "returns_to_go": (np.dtype(np.float32), (), "transition"),
@@ -147,20 +150,9 @@ class CollectConfig:
         return self.noise_levels[episode % len(self.noise_levels)]
 
 
-# Tasks where EnvPool's C++ port disagrees with Python Meta-World 3.1.1 (EnvPool 1.2.5, measured with
-# the noise-free scripted expert, 4 episodes each): dial-turn: success 0/4 on EnvPool vs 4/4;
-# button-press-topdown-wall: success 4/4 on both but episode return ~0 on EnvPool vs ~775. For these,
-# backend "auto" collects on gymnasium; an explicit "envpool" is honoured with a note on stderr.
-ENVPOOL_MISMATCHED = frozenset({"dial-turn-v3", "button-press-topdown-wall-v3"})
-
-
 def collection_backend(task: str, backend: str) -> str:
-    """The backend ``collect_task`` uses for ``task``: ``resolve_backend``, except that "auto" avoids
-    EnvPool for the tasks in ``ENVPOOL_MISMATCHED``."""
-    resolved = resolve_backend(backend)
-    if resolved == "envpool" and task in ENVPOOL_MISMATCHED and backend == "auto":
-        return "gymnasium"
-    return resolved
+    """The backend ``collect_task`` uses for ``task`` (``crl.envs.metaworld.task_backend``)."""
+    return task_backend(task, backend)
 
 
 def _env_seed(task: str, seed: int) -> int:
@@ -222,6 +214,7 @@ def collect_task(
     rec = {
         "obs": np.zeros((n, cap, OBS_DIM), np.float32),
         "action": np.zeros((n, cap, ACT_DIM), np.float32),
+        "expert_action": np.zeros((n, cap, ACT_DIM), np.float32),
         "reward": np.zeros((n, cap), np.float32),
         "success": np.zeros((n, cap), bool),
     }
@@ -257,6 +250,7 @@ def collect_task(
                 step = vec.step(actions)
                 rec["obs"][rows, env_t] = obs
                 rec["action"][rows, env_t] = actions
+                rec["expert_action"][rows, env_t] = np.clip(expert, -1.0, 1.0)
                 rec["reward"][rows, env_t] = step.reward
                 rec["success"][rows, env_t] = step.success
                 env_t += 1
@@ -282,6 +276,7 @@ def collect_task(
     arrays = {
         "obs": np.concatenate([e["obs"] for e in order]),
         "action": np.concatenate([e["action"] for e in order]),
+        "expert_action": np.concatenate([e["expert_action"] for e in order]),
         "reward": np.concatenate([e["reward"] for e in order]),
         "success": np.concatenate([e["success"] for e in order]),
         "returns_to_go": np.concatenate([_rtg(e["reward"]) for e in order]),
@@ -412,6 +407,7 @@ class TaskDataset:
     manifest: dict[str, Any]
     obs: np.ndarray
     action: np.ndarray
+    expert_action: np.ndarray
     reward: np.ndarray
     success: np.ndarray
     returns_to_go: np.ndarray
@@ -529,114 +525,6 @@ def list_datasets(data_dir: str | Path | None = None) -> list[tuple[str, dict[st
     return out
 
 
-# ----------------------------------------------------------------------------- sampling
-
-
-class WindowSampler:
-    """Random context windows for a Decision Transformer, uniformly over all transitions.
-
-    ``sample(B)`` picks B transitions uniformly over every transition of every dataset (so an
-    episode is picked in proportion to its length, as in L2M) and returns the window of the last
-    ``context`` steps of its episode ending at that transition, LEFT-padded with zeros where the
-    episode starts later:
-
-    - ``states`` (B, K, 39) float32, ``actions`` (B, K, 4) float32
-    - ``returns_to_go`` (B, K) float32 (undiscounted, unscaled), ``rewards`` (B, K) float32
-    - ``timesteps`` (B, K) long: step within the episode, 0 on padding
-    - ``mask`` (B, K) bool: True on real steps
-    - ``dataset_index`` (B,) long: position of the dataset in ``datasets``
-    - ``index`` (B,) long: the sampled (last) transition's row within its dataset
-
-    The gathering is vectorised per dataset (one fancy-index per array per dataset in the batch).
-    ``state_dict`` / ``load_state_dict`` save and restore the RNG, so sampling resumes exactly.
-    """
-
-    def __init__(
-        self, datasets: list[TaskDataset], context: int, device: torch.device | str = "cpu", seed: int = 0
-    ) -> None:
-        if not datasets:
-            raise UsageError("WindowSampler needs at least one dataset")
-        if not isinstance(context, int) or context < 1:
-            raise UsageError(f"context must be a positive integer, got {context!r}")
-        self.datasets = list(datasets)
-        self.context = context
-        self.device = torch.device(device)
-        self.sizes = np.array([d.num_transitions for d in self.datasets], np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.total = int(self.offsets[-1])
-        # episode_starts are small (E+1 int64): keep them in memory for searchsorted
-        self._starts = [np.asarray(d.episode_starts) for d in self.datasets]
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return self.total
-
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        if batch_size < 1:
-            raise UsageError(f"batch_size must be positive, got {batch_size}")
-        g = self.rng.integers(0, self.total, size=batch_size)
-        return self.windows(g)
-
-    def windows(self, global_index: np.ndarray) -> dict[str, torch.Tensor]:
-        """The windows ending at the given global transition indices (rows of all datasets, in order)."""
-        g = np.asarray(global_index, np.int64)
-        b, k = len(g), self.context
-        d_index = np.searchsorted(self.offsets, g, side="right") - 1
-        local = g - self.offsets[d_index]
-        steps = np.arange(-k + 1, 1, dtype=np.int64)
-
-        states = np.zeros((b, k, OBS_DIM), np.float32)
-        actions = np.zeros((b, k, ACT_DIM), np.float32)
-        rtg = np.zeros((b, k), np.float32)
-        rewards = np.zeros((b, k), np.float32)
-        timesteps = np.zeros((b, k), np.int64)
-        mask = np.zeros((b, k), bool)
-        for d in np.unique(d_index):  # a loop over datasets, not samples
-            rows = np.flatnonzero(d_index == d)
-            ds, t = self.datasets[d], local[rows]
-            start = self._starts[d][np.searchsorted(self._starts[d], t, side="right") - 1]
-            idx = t[:, None] + steps[None, :]  # (r, K)
-            valid = idx >= start[:, None]
-            src = np.where(valid, idx, start[:, None])  # padding reads the episode's first row, zeroed below
-            flat = src.ravel()
-            states[rows] = np.asarray(ds.obs[flat]).reshape(len(rows), k, OBS_DIM)
-            actions[rows] = np.asarray(ds.action[flat]).reshape(len(rows), k, ACT_DIM)
-            rtg[rows] = np.asarray(ds.returns_to_go[flat]).reshape(len(rows), k)
-            rewards[rows] = np.asarray(ds.reward[flat]).reshape(len(rows), k)
-            timesteps[rows] = np.where(valid, idx - start[:, None], 0)
-            mask[rows] = valid
-        pad = ~mask
-        states[pad] = 0.0
-        actions[pad] = 0.0
-        rtg[pad] = 0.0
-        rewards[pad] = 0.0
-
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(self.device, non_blocking=True)
-
-        return {
-            "states": tensor(states),
-            "actions": tensor(actions),
-            "returns_to_go": tensor(rtg),
-            "rewards": tensor(rewards),
-            "timesteps": tensor(timesteps),
-            "mask": tensor(mask),
-            "dataset_index": tensor(d_index.astype(np.int64)),
-            "index": tensor(local.astype(np.int64)),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "context": self.context, "total": self.total}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("total", self.total) != self.total or state.get("context", self.context) != self.context:
-            raise UsageError(
-                f"sampler state is for {state.get('total')} transitions / context {state.get('context')}, "
-                f"this sampler has {self.total} / {self.context}"
-            )
-        self.rng.bit_generator.state = state["rng"]
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -677,6 +565,8 @@ def _parse_noise(text: str) -> tuple[float, ...]:
 def run_data_command(args: argparse.Namespace) -> None:
     """Run a parsed ``crl data ...`` command."""
     data_dir = args.data_dir if getattr(args, "data_dir", None) is not None else default_data_dir()
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise UsageError(f"data dir {data_dir} is a file; give a directory")
     if args.data_command == "collect":
         tasks = resolve_tasks(args.tasks)
         cfg = CollectConfig(
@@ -714,7 +604,6 @@ __all__ = [
     "CollectConfig",
     "TASK_SETS",
     "TaskDataset",
-    "WindowSampler",
     "add_data_commands",
     "collect",
     "collect_task",

@@ -118,3 +118,40 @@ def test_no_traceback_in_a_real_process(tmp_path):
     message = proc.stderr.strip()
     assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cw10, cw2, cw20, dmc")
     assert "\n" not in message and message.endswith("or dmc:<task>,... with DMC tasks (crl list)")
+
+
+L2M_TRAIN = ["train", "--seq", "cw2", "--agent", "l2m", "--preset", "smoke", "--quiet"]
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["pretrain", "--data", "mt41"], ["unknown task(s) 'mt41'", "mt40"]),
+    (["pretrain", "--episodes", "-1"], ["episodes must be a positive integer, got -1"]),
+    (["pretrain", "--updates", "0"], ["updates must be a positive integer, got 0"]),
+    (["pretrain", "--context", "0"], ["context must be a positive integer"]),
+    (["pretrain", "--size", "huge"], ["unknown backbone size 'huge'", "small", "paper"]),
+    ([*L2M_TRAIN, "--set", "agent.pretrain_tasks=nope"], ["unknown task(s) 'nope'"]),
+    ([*L2M_TRAIN, "--set", "agent.task_episodes=-2"], ["agent.task_episodes must be a positive integer"]),
+    ([*L2M_TRAIN, "--set", "agent.pretrain_updates=-5"], ["updates must be a positive integer, got -5"]),
+    ([*L2M_TRAIN, "--set", "agent.action_target=noisy"], ["unknown action target 'noisy'", "expert"]),
+])
+def test_l2m_bad_input_is_one_line_and_exit_2(capsys, argv, fragments):
+    assert_usage_error(capsys, argv, *fragments)
+
+
+def test_data_dir_that_is_a_file_is_refused(capsys, tmp_path):
+    a_file = tmp_path / "data"
+    a_file.write_text("not a directory")
+    assert_usage_error(capsys, ["pretrain", "--data-dir", str(a_file)], "is a file")
+    assert_usage_error(capsys, [*L2M_TRAIN, "--run-dir", str(tmp_path / "run"), "--set", f"agent.data_dir={a_file}"],
+                       "is a file")
+
+
+def test_truncated_backbone_is_refused_with_one_line(tmp_path):
+    from crl.core import UsageError
+    from crl.pretrain import load_backbone
+
+    path = tmp_path / "backbone.pt"
+    torch.save({"format": "crl-backbone", "version": 2, "state_dict": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(UsageError, match="corrupt or not a crl backbone"):
+        load_backbone(path, torch.device("cpu"))

@@ -15,7 +15,6 @@ from crl.core import UsageError
 from crl.envs.data import (
     CollectConfig,
     TaskDataset,
-    WindowSampler,
     add_data_commands,
     collect,
     collect_task,
@@ -52,7 +51,8 @@ def test_collect_load_round_trip(push_dir) -> None:
     T = EPISODES * EPISODE_LEN
     assert ds.num_episodes == EPISODES and ds.num_transitions == T
     expected = {
-        "obs": ((T, 39), np.float32), "action": ((T, 4), np.float32), "reward": ((T,), np.float32),
+        "obs": ((T, 39), np.float32), "action": ((T, 4), np.float32), "expert_action": ((T, 4), np.float32),
+        "reward": ((T,), np.float32),
         "success": ((T,), np.bool_), "returns_to_go": ((T,), np.float32),
         "episode_starts": ((EPISODES + 1,), np.int64), "noise": ((EPISODES,), np.float32),
         "episode_success": ((EPISODES,), np.bool_), "episode_return": ((EPISODES,), np.float32),
@@ -81,7 +81,7 @@ def test_collect_load_round_trip(push_dir) -> None:
     assert ds.episode_success[ds.noise == 0].mean() > 0.5
 
     m = ds.manifest
-    assert (m["format"], m["version"], m["task"]) == ("crl-metaworld-offline", 1, TASK)
+    assert (m["format"], m["version"], m["task"]) == ("crl-metaworld-offline", 2, TASK)
     assert (m["episodes"], m["transitions"]) == (EPISODES, T)
     assert m["mean_success"] == pytest.approx(ds.episode_success.mean())
     assert m["mean_return"] == pytest.approx(float(np.mean(ds.episode_return)), rel=1e-5)
@@ -92,7 +92,7 @@ def test_collect_load_round_trip(push_dir) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Constant.*may be too high")
-def test_noise_zero_is_the_expert_and_noise_is_recorded(push_dir) -> None:
+def test_noise_zero_is_the_expert_and_the_expert_action_is_recorded(push_dir) -> None:
     from crl.envs.metaworld import expert_policy
 
     ds = load_task(TASK, push_dir)
@@ -104,6 +104,8 @@ def test_noise_zero_is_the_expert_and_noise_is_recorded(push_dir) -> None:
         rows = range(s, s + 20)
         expert = np.clip(np.stack([policy(ds.obs[t]) for t in rows]), -1, 1)
         assert np.allclose(expert, ds.action[s : s + 20], atol=1e-6) == should_match
+        # the expert's own action is recorded beside the executed one, noisy episodes included
+        np.testing.assert_allclose(ds.expert_action[s : s + 20], expert, atol=1e-6)
 
 
 def test_gymnasium_collect_stale_temp_skip_and_determinism(tmp_path, capsys) -> None:
@@ -181,6 +183,9 @@ def test_collect_regenerates_a_corrupt_dataset(push_copy) -> None:
 # ----------------------------------------------------------------------------- WindowSampler
 
 
+from crl.dt import WindowSampler  # noqa: E402  (the sampler of sequence models reads these datasets)
+
+
 def synthetic(lengths: list[int], task: str = "reach-v3", base: float = 0.0) -> TaskDataset:
     """A TaskDataset whose obs[t, 0] = base + t and action[t, 0] = -(base + t), for exact checks."""
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -190,10 +195,11 @@ def synthetic(lengths: list[int], task: str = "reach-v3", base: float = 0.0) -> 
     obs[:, 0] = base + t
     action = np.zeros((T, 4), np.float32)
     action[:, 0] = -(base + t)
+    expert_action = action * 0.5
     reward = np.ones(T, np.float32)
     rtg = np.concatenate([np.arange(n, 0, -1, dtype=np.float32) for n in lengths])
     return TaskDataset(
-        task=task, path=Path("."), manifest={}, obs=obs, action=action, reward=reward,
+        task=task, path=Path("."), manifest={}, obs=obs, action=action, expert_action=expert_action, reward=reward,
         success=np.zeros(T, bool), returns_to_go=rtg, episode_starts=starts, noise=np.zeros(E, np.float32),
         episode_success=np.zeros(E, bool), episode_return=np.array(lengths, np.float32),
         final_obs=np.zeros((E, 39), np.float32),
@@ -228,9 +234,10 @@ def test_window_sampler_windows_are_left_padded_at_episode_starts() -> None:
         rows = np.arange(t - n_real + 1, t + 1)
         np.testing.assert_array_equal(batch["states"][i, mask].numpy(), ds.obs[rows])
         np.testing.assert_array_equal(batch["actions"][i, mask].numpy(), ds.action[rows])
+        np.testing.assert_array_equal(batch["expert_actions"][i, mask].numpy(), ds.expert_action[rows])
         np.testing.assert_array_equal(batch["returns_to_go"][i, mask].numpy(), ds.returns_to_go[rows])
         np.testing.assert_array_equal(batch["timesteps"][i, mask].numpy(), rows - start)  # consecutive
-        for key in ("states", "actions", "returns_to_go", "rewards", "timesteps"):
+        for key in ("states", "actions", "expert_actions", "returns_to_go", "rewards", "timesteps"):
             assert not batch[key][i, ~torch.from_numpy(mask)].any(), key
 
 
@@ -315,9 +322,14 @@ def test_cli_list_and_collect(push_dir, tmp_path, capsys) -> None:
     ds = load_task("reach-v3", tmp_path)
     assert ds.num_episodes == 1 and ds.noise.tolist() == [pytest.approx(0.2)] and ds.manifest["generator"]["seed"] == 5
 
-    for bad in (["--tasks", "nope-v3"], ["--noise", "0.1,x"], ["--episodes", "0"], ["--backend", "gpu"]):
+    for bad in (["--tasks", "nope-v3"], ["--noise", "0.1,x"], ["--episodes", "0"], ["--episodes", "-3"],
+                ["--backend", "gpu"]):
         with pytest.raises(UsageError):
             run_data_command(parser().parse_args(["data", "collect", "--data-dir", str(tmp_path), *bad]))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        run_data_command(parser().parse_args(["data", "collect", "--data-dir", str(a_file)]))
 
 
 def test_auto_backend_avoids_envpool_where_its_port_differs() -> None:
@@ -325,6 +337,17 @@ def test_auto_backend_avoids_envpool_where_its_port_differs() -> None:
     from crl.envs.metaworld import envpool_available
 
     assert collection_backend("dial-turn-v3", "auto") == "gymnasium"
+    assert collection_backend("shelf-place-v3", "auto") == "gymnasium"  # expert 0.95 on Meta-World, 0.50 on EnvPool
     assert collection_backend("dial-turn-v3", "gymnasium") == "gymnasium"
     assert collection_backend("dial-turn-v3", "envpool") == "envpool"  # explicit choice honoured
     assert collection_backend("push-v3", "auto") == ("envpool" if envpool_available() else "gymnasium")
+
+
+def test_make_vec_auto_runs_mismatched_tasks_on_gymnasium() -> None:
+    from crl.envs.metaworld import GymnasiumVecEnv, make_vec
+
+    vec = make_vec("shelf-place-v3", 1, 0, "auto")  # training and evaluation, not only collection
+    try:
+        assert isinstance(vec, GymnasiumVecEnv)
+    finally:
+        vec.close()

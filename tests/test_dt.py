@@ -42,7 +42,7 @@ def test_shapes_and_sizes():
     s, a, r, t = batch()
     logits = m(s, a, r, t)
     assert logits.shape == (3, 5, CFG.act_dim, CFG.n_bins)
-    assert m.embed(s, a, r, t).shape == (3, 15, CFG.d_model)
+    assert m.embed(s, a, r, t).shape == (3, 14, CFG.d_model)  # the last action token is never read
     assert m.state_embeddings(s, t).shape == (3, 5, CFG.d_model)
     torch.testing.assert_close(m.state_embeddings(s, t), m.embed(s, a, r, t)[:, 1::3])
     assert m.act(s, a, r, t).shape == (3, CFG.act_dim)
@@ -195,3 +195,24 @@ def test_overfits_tiny_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first, (first, loss.item())
+
+
+def test_lora_grouped_rows_equal_the_per_row_gather_in_value_and_gradient():
+    pool = pool_for(CFG, P=5)
+    x = torch.randn(7, 4, CFG.d_ff)
+    idx = torch.tensor([3, 0, 3, 3, 1, 0, 3])
+    outputs, grads = [], []
+    for groups in (None, LoRAPool.module_groups(idx)):
+        pool.zero_grad()
+        out = pool.delta("mlp", 1, x, idx, groups)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append((pool.A_mlp.grad.clone(), pool.B_mlp.grad.clone()))
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    for g_grouped, g_gather in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_grouped, g_gather, atol=1e-5, rtol=1e-5)
+    # every row equals its own module applied alone
+    for row, module in enumerate(idx.tolist()):
+        torch.testing.assert_close(outputs[1][row], pool.delta("mlp", 1, x[row:row + 1], module)[0].detach(),
+                                   atol=1e-5, rtol=1e-5)
+    assert LoRAPool.module_groups(torch.arange(LoRAPool.MAX_GROUPS + 1)) is None  # too many: gather per row

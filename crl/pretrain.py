@@ -217,7 +217,9 @@ def load_or_pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, 
     if not path.exists():
         log(f"no pre-trained backbone for these settings in {path.parent}: building it now "
             f"(data for {cfg.tasks}, then {cfg.updates} updates; minutes on two CPU cores with the small size)")
-        pretrain(cfg, data_dir, device, progress=progress, log=log)
+        # Forked RNG: a run must not depend on whether the backbone was already cached (pretrain seeds torch).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            pretrain(cfg, data_dir, device, progress=progress, log=log)
     return load_backbone(path, device)
 
 

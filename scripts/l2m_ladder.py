@@ -8,7 +8,8 @@ Rungs (each prints mean success, the per-task values, wall time and the command 
 
 1. per-task MLP behaviour cloning (2×256 ReLU, tanh output, standardised inputs, MSE on the expert's
    actions): the ceiling, a few seconds per task;
-2. crl's Decision Transformer trained from scratch on one task's data, evaluated on that task;
+2. crl's Decision Transformer trained from scratch on one task's data (the pre-training learning rate,
+   the agent's batch and updates per task), evaluated on that task;
 3. the pre-trained backbone on its own pre-training tasks (all of them, each row conditioned on its task's
    RTG target): how good the frozen model is before the continual phase;
 4. one LoRA module on the frozen backbone, trained on one CW10 task at a time (a fresh module per task);
@@ -113,7 +114,8 @@ def rung_dt_scratch(tasks, seeds, args, data_dir, device):
             if cfg.normalize_states:
                 model.set_state_normalizer(*state_statistics([ds]))
             sampler = WindowSampler([ds], cfg.context, device, seed=s)
-            opt = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+            # the backbone's own learning rate: the modulators' (agent.lr) is too high for all weights
+            opt = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.pretrain_lr)
             model.train()
             for _ in range(steps):
                 b = sampler.sample(cfg.batch_size)

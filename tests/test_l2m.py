@@ -121,3 +121,31 @@ def test_eval_of_a_finished_run_loads_its_weights_and_never_pretrains(l2m_run, d
             shutil.rmtree(data_dir)
         hidden.rename(data_dir)
     assert "average" in capsys.readouterr().out
+
+
+def test_crash_mid_task_then_resume_equals_the_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    """Pool, keys, usage counts, optimiser and the data sampler all survive a crash mid-task: the
+    resumed run ends with exactly the weights of a run that never stopped."""
+    from crl import loop as loop_module
+
+    cfg = l2m_config("l2m", data_dir, "train.eval_episodes=1", "agent.retention_tasks=0",
+                     "train.steps_per_task=20", "train.eval_every=10", "train.checkpoint_every=10")
+    whole, _ = train(cfg, tmp_path / "whole", quiet=True)
+    real_advance = loop_module.ContinualLoop._advance
+
+    def crashing_advance(self, task, n):
+        if self.state.global_step >= 35:  # mid-task 1, after its checkpoint at step 30
+            raise RuntimeError("simulated crash")
+        return real_advance(self, task, n)
+
+    monkeypatch.setattr(loop_module.ContinualLoop, "_advance", crashing_advance)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "crashed", quiet=True)
+    monkeypatch.setattr(loop_module.ContinualLoop, "_advance", real_advance)
+    loop_module.resume(tmp_path / "crashed", quiet=True)
+    a, b = checkpoint.load(whole)["agent"], checkpoint.load(tmp_path / "crashed")["agent"]
+    for name, tensor in a["pool"].items():
+        assert torch.equal(tensor, b["pool"][name]), name
+    for key in ("keys", "counts", "usage", "inv_counts"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["gradient_steps"] == b["gradient_steps"] == 40

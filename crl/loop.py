@@ -103,6 +103,8 @@ class ContinualLoop:
         })
 
     def restore(self) -> None:
+        if not (self.run_dir / checkpoint.FILENAME).exists():
+            return  # stopped before its first checkpoint (e.g. while preparing data or a pre-trained model)
         data = checkpoint.load(self.run_dir)
         identity = ("seq", "agent", "seed", "reference")
         if any(data["config"]["run"].get(k) != getattr(self.cfg, k) for k in identity):

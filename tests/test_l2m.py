@@ -149,3 +149,24 @@ def test_crash_mid_task_then_resume_equals_the_uninterrupted_run(data_dir, tmp_p
     for key in ("keys", "counts", "usage", "inv_counts"):
         assert torch.equal(a[key], b[key]), key
     assert a["gradient_steps"] == b["gradient_steps"] == 40
+
+
+def test_a_run_stopped_while_preparing_resumes_from_the_start(data_dir, tmp_path, monkeypatch):
+    """Killed while building data or the backbone (before any checkpoint): ``--resume`` starts it over."""
+    from crl import loop as loop_module
+    from crl.agents.l2m import L2M
+
+    cfg = l2m_config("l2m", data_dir, "train.eval_episodes=1", "agent.retention_tasks=0",
+                     "train.steps_per_task=4", "train.eval_every=4")
+    real_prepare = L2M.prepare
+
+    def interrupted(self, tasks):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(L2M, "prepare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / checkpoint.FILENAME).exists()
+    monkeypatch.setattr(L2M, "prepare", real_prepare)
+    _, results = loop_module.resume(tmp_path / "run", quiet=True)
+    assert results["finished"] and results["steps"] == 8

@@ -75,6 +75,7 @@ class L2MConfig:
     pool_size: int = 30  # L2M: 30 modulators
     rank: int = 8  # LoRA rank (α = 2·rank) on q, v and the MLP activation of every layer
     key_loss_coef: float = 0.5  # L2M: loss −= 0.5·cos(query, selected key)
+    center_queries: bool = True  # subtract the pre-training data's mean query before matching (L2M: no)
     count_penalty: bool = True  # new tasks claim modules unused so far
     target_return_mult: float = 1.0  # RTG target = this × the task data's best episode return
     ewc_lambda: float = 400.0  # L2M's EWC (and L2) strength
@@ -153,6 +154,7 @@ class L2M(Agent):
         self._sampler_state: dict[str, Any] | None = None  # restored lazily, at the next update
         self.datasets: dict[str, Any] = {}
         self.targets: dict[str, float] = {}  # RTG target per task name, saved with the agent
+        self.query_center = torch.zeros(self.dt_cfg.d_model, device=device)  # set by prepare, saved
         self.gradient_steps = 0
         self._ctx: RollingContext | None = None
         self._row_targets: torch.Tensor | None = None
@@ -186,6 +188,22 @@ class L2M(Agent):
             self._dataset(task.name)
         names = [t.name for t in tasks] + [t.name for t in self.retention_tasks()]
         self.targets.update(target_returns(list(dict.fromkeys(names)), self.data_dir, self.cfg.target_return_mult))
+        if self.cfg.center_queries:
+            self.query_center = self._mean_pretraining_query()
+
+    @torch.no_grad()
+    def _mean_pretraining_query(self, windows: int = 8192) -> torch.Tensor:
+        """The mean retrieval query over the pre-training data: a property of the frozen backbone.
+
+        Every task's queries share one dominant direction (cosine 0.98 between the mean queries of CW10
+        tasks on the quick backbone), so a key trained towards one task is nearly as close to every
+        other task's queries, and training a new task's keys pulled earlier tasks' states to its
+        modules (hammer: 1.0 → 0.0 after push-wall, issue 13). Matching centred queries removes it."""
+        from crl.envs.data import load_task, resolve_tasks
+
+        datasets = [load_task(t, self.data_dir) for t in resolve_tasks(self.cfg.pretrain_tasks)]
+        b = WindowSampler(datasets, self.dt_cfg.context, self.device, seed=12345).sample(windows)
+        return self._query(self.backbone.state_embeddings(b["states"], b["timesteps"]), b["mask"], centred=False).mean(0)
 
     def _pretrained(self) -> DecisionTransformer:
         model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log)
@@ -228,11 +246,12 @@ class L2M(Agent):
     def observe(self, batch: Transitions) -> None:
         raise RuntimeError("L2M learns from datasets; the loop never calls observe for it")
 
-    @staticmethod
-    def _query(state_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L2M's query: the masked mean of the embedded state tokens of the context (frozen embeddings)."""
+    def _query(self, state_tokens: torch.Tensor, mask: torch.Tensor, centred: bool = True) -> torch.Tensor:
+        """L2M's query: the masked mean of the embedded state tokens of the context (frozen embeddings),
+        minus the pre-training mean query when ``center_queries``."""
         m = mask.unsqueeze(-1).float()
-        return (state_tokens.detach() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        query = (state_tokens.detach() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return query - self.query_center if centred and self.cfg.center_queries else query
 
     def _select(self, query: torch.Tensor, task_index: int | torch.Tensor, train: bool):
         """Top-1 module per row: (indices (B,), cosine similarity with the selected key (B,), with grad)."""
@@ -372,6 +391,7 @@ class L2M(Agent):
             "sampler": self._sampler_state if self.sampler is None else self.sampler.state_dict(),
             "sampler_task": self._sampler_task,
             "targets": dict(self.targets),
+            "query_center": self.query_center.cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -392,4 +412,5 @@ class L2M(Agent):
             self.regularizer.load_state_dict(state["regularizer"])
         self.task_index, self.gradient_steps = state["task_index"], state["gradient_steps"]
         self.targets = dict(state["targets"])
+        self.query_center = state["query_center"].to(self.device)
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]

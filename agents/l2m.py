@@ -27,6 +27,9 @@ Differs from the paper (each measured on two CPU cores; issue 13 and ``scripts/l
   ``context=5`` give L2M's shape.
 - Tokens are [RTG, state, action] per step with all action dims predicted from the state token
   (crl/dt.py); L2M uses 9 tokens per step and one forward pass per action dim.
+- Retrieval matches centred queries: the mean query over the pre-training data (a fixed vector of the
+  frozen backbone) is subtracted before the cosine (``center_queries``). Raw queries of all tasks share one
+  direction (cosine 0.98 between CW10 tasks' mean queries), so new keys captured old tasks' states.
 - Quick preset: 1,500 gradient steps of batch 128 per task at lr 3e-3 (paper: 100k of 256 at 1e-4).
 - Success is the flag at any step (the paper read the final step's flag; we record both).
 The RTG target of a row uses its task's data (max episode return × ``target_return_mult``), as L2M's

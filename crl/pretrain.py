@@ -184,14 +184,18 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
     path = backbone_path(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save({
+    payload = {
         "format": FORMAT, "version": VERSION, "pretrain_config": dataclasses.asdict(cfg),
         "dt_config": dataclasses.asdict(model_cfg), "state_dict": model.state_dict(),
         "loss_first_100": sum(losses[:100]) / max(1, len(losses[:100])),
         "loss_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
         "seconds": seconds, "updates_per_s": cfg.updates / seconds, "tasks": tasks,
         "pretrain_success": success,
-    }, tmp)
+    }
+    with open(tmp, "wb") as f:  # a kill leaves the old cache or the new one, never a torn file
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     log(f"pre-trained in {seconds:.0f}s ({cfg.updates / seconds:.1f} updates/s), loss "
         f"{sum(losses[:100]) / max(1, len(losses[:100])):.3f} → {sum(losses[-100:]) / max(1, len(losses[-100:])):.3f}; saved {path}")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crl.config import build_config
+from crl.config import build_config, resolve_device
 from crl.core import Sequence, UsageError
 from crl.envs.data import CollectConfig, collect, load_task, resolve_tasks
 from crl.envs.metaworld import metaworld_task
@@ -226,8 +226,6 @@ def main() -> None:
         args.tasks, args.episodes = "hammer-v3,stick-pull-v3,shelf-place-v3", 5
         rungs = [r for r in rungs if r <= 4]
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    from crl.config import resolve_device
     device = resolve_device(args.device)
     try:
         cfg = l2m_config(args.preset, "l2m", seeds[0], args.set).agent_config

@@ -1,4 +1,4 @@
-"""A-GEM: SAC whose gradient never points against an episodic memory of earlier tasks.
+"""A-GEM: an extension whose learner's gradient never points against an episodic memory of earlier tasks.
 
 Paper: Chaudhry et al., "Efficient Lifelong Learning with A-GEM", ICLR 2019; in continual RL as in
 Wołczyk et al., "Continual World", NeurIPS 2021 (``continualworld/methods/agem.py``).
@@ -12,47 +12,39 @@ jointly; α untouched).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 
-from crl.agents.sac import SAC, SACConfig
 from crl.continual import EpisodicMemory, agem_project
 from crl.core import Task
+from crl.extension import Extension
+from crl.registry import register_extension, register_variant
+
+from .episodic_memory import MemoryConfig
 
 
-@dataclass
-class AGEMConfig(SACConfig):
-    memory_per_task: int = 10_000  # transitions kept per finished task (CW)
-    memory_batch_size: int = 128  # rows of the reference gradient's batch (CW)
+@register_extension("agem", "A-GEM: gradients projected against an episodic memory (Chaudhry et al. 2019)")
+class AGEM(Extension):
+    config_class = MemoryConfig  # memory_per_task (CW: 10k), memory_batch_size: the reference batch (CW: 128)
+    requires = frozenset({"replay", "critic"})
+    state = ("memory",)
 
-
-class AGEM(SAC):
-    config_class = AGEMConfig
-
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: AGEMConfig, device: torch.device):
-        super().__init__(obs_dim, act_dim, num_tasks, config, device)
-        self.memory = EpisodicMemory(device)
-        self.projected = [*self.actor.parameters(), *self.critics.parameters()]
+    def __init__(self, learner, cfg):
+        super().__init__(learner, cfg)
+        self.memory = EpisodicMemory(learner.device)
+        self.projected = [*learner.actor.parameters(), *learner.critics.parameters()]
 
     def end_task(self, task: Task) -> None:
-        super().end_task(task)
-        if self.buffer.size:
-            self.memory.add(self.buffer.sample(self.cfg.memory_per_task))
+        if self.learner.buffer.size:
+            self.memory.add(self.learner.buffer.sample(self.cfg.memory_per_task))
 
-    def _adjust_gradients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def adjust_gradients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not len(self.memory):
             return {}
-        reference_loss, _ = self.sac_losses(self.memory.sample(self.cfg.memory_batch_size))
+        reference_loss, _ = self.learner.losses(self.memory.sample(self.cfg.memory_batch_size))
         reference = torch.autograd.grad(reference_loss, self.projected, allow_unused=True)
         pairs = [(p.grad, r) for p, r in zip(self.projected, reference) if p.grad is not None and r is not None]
         violated = agem_project([g for g, _ in pairs], [r for _, r in pairs])
         return {"agem_violation": violated.float()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "memory": self.memory.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.memory.load_state_dict(state["memory"])
+register_variant("agem", "sac+agem", "SAC + A-GEM: gradients projected against an episodic memory (Chaudhry et al. 2019)")

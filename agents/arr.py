@@ -1,4 +1,4 @@
-"""Adaptive Replay Ratio: SAC that trains at a low replay ratio until the critic's plasticity settles.
+"""Adaptive Replay Ratio: an extension that trains at a low replay ratio until the critic's plasticity settles.
 
 Paper: Ma et al., "Revisiting Plasticity in Visual Reinforcement Learning: Data, Modules and Training
 Stages", ICLR 2024 (code ``Guozheng-Ma/Adaptive-Replay-Ratio``, ``train_adapt_rr.py``;
@@ -26,21 +26,19 @@ starts the rule over at every task switch of a sequence (the paper has one task)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from crl.agents.sac import SAC, SACConfig
 from crl.core import Task, Transitions, UsageError
+from crl.extension import Extension
+from crl.registry import register_extension, register_variant
 
 MODES = ("paper_faithful", "whole_interval")
 
 
 @dataclass
-class ARRConfig(SACConfig):
-    replay_ratio: float = 0.5  # the starting (low) ratio
+class ARRConfig:
     high_replay_ratio: float = 2.0  # after the switch
-    update_every: int = 1  # DrQ-v2 style: the credit accumulator pays out every env step
     check_interval: int = 50_000  # env steps between checks (paper: 50 episodes × 1,000 frames)
     fau_threshold: float = 0.001  # τ
     mode: str = "paper_faithful"  # paper_faithful | whole_interval
@@ -48,60 +46,62 @@ class ARRConfig(SACConfig):
     adaptive: bool = True  # false: a static replay ratio (replay_ratio) with everything else equal, for comparison
 
 
-class AdaptiveReplayRatio(SAC):
+@register_extension("arr", "Adaptive Replay Ratio: 0.5 → 2 once the critic's FAU settles (Ma et al. 2024)")
+class AdaptiveReplayRatio(Extension):
     config_class = ARRConfig
+    # the starting (low) ratio, and DrQ-v2's schedule: the credit accumulator pays out every env step
+    base_defaults = {"replay_ratio": 0.5, "update_every": 1}
+    requires = frozenset({"replay", "critic"})
+    state = ("switched", "reference_fau", "window", "next_check", "switched_at", "episode_len")
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: ARRConfig, device: torch.device):
-        if config.mode not in MODES:
-            raise UsageError(f"unknown ARR mode '{config.mode}'; allowed: {', '.join(MODES)}")
-        super().__init__(obs_dim, act_dim, num_tasks, config, device)
+    def __init__(self, learner, cfg):
+        if cfg.mode not in MODES:
+            raise UsageError(f"unknown ARR mode '{cfg.mode}'; allowed: {', '.join(MODES)}")
+        super().__init__(learner, cfg)
         self.episode_len = 1000
         self.switched_at: list[tuple[int, int]] = []  # (task index, env step of the task) of each switch
         self._reset_rule()
 
     def _reset_rule(self) -> None:
-        self.replay_ratio = self.cfg.replay_ratio
+        self.learner.replay_ratio = self.learner.cfg.replay_ratio
         self.switched = False
         self.reference_fau: float | None = None  # the FAU the next check compares with
         self.window: list[tuple[int, float]] = []  # (task step, critic FAU) of each update since the last check
         self.next_check = self.cfg.check_interval
 
     def begin_task(self, task: Task) -> None:
-        super().begin_task(task)
         self.episode_len = task.episode_len
         if self.cfg.rearm_on_task:
             self._reset_rule()
-
-    def _networks_to_capture(self, measure: bool) -> frozenset[str]:
-        if not self.adapting:
-            return super()._networks_to_capture(measure)
-        return super()._networks_to_capture(measure) | {"critic"}
-
-    def _gradient_step(self) -> dict[str, torch.Tensor]:
-        stats = super()._gradient_step()
-        if self.adapting:
-            fau = stats.get("plasticity/critic/all/fau")  # a full measurement this step, else the cheap one
-            fau = self.probes["critic"].fau() if fau is None else fau
-            self.window.append((self.task_steps, float(fau)))
-            if self.reference_fau is None:
-                self.reference_fau = float(fau)
-            stats["arr/critic_fau"] = torch.tensor(float(fau))
-        stats["arr/replay_ratio"] = torch.tensor(self.replay_ratio)
-        return stats
 
     @property
     def adapting(self) -> bool:
         return self.cfg.adaptive and not self.switched
 
+    def capture(self) -> frozenset[str]:
+        return frozenset({"critic"}) if self.adapting else frozenset()
+
+    def after_update(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        learner, out = self.learner, {}
+        if self.adapting:
+            fau = stats.get("plasticity/critic/all/fau")  # a full measurement this step, else the cheap one
+            fau = learner.probes["critic"].fau() if fau is None else fau
+            self.window.append((learner.task_steps, float(fau)))
+            if self.reference_fau is None:
+                self.reference_fau = float(fau)
+            out["arr/critic_fau"] = torch.tensor(float(fau))
+        out["arr/replay_ratio"] = torch.tensor(learner.replay_ratio)
+        return out
+
     def observe(self, batch: Transitions) -> None:
-        super().observe(batch)
-        if not self.adapting or self.task_steps < self.next_check:
+        learner = self.learner
+        if not self.adapting or learner.task_steps < self.next_check:
             return
         self.next_check += self.cfg.check_interval
         if not self.window:  # no update yet (still in the warm-up): nothing to compare
             return
         if self.cfg.mode == "paper_faithful":
-            since = self.task_steps - self.episode_len
+            since = learner.task_steps - self.episode_len
             values = [f for step, f in self.window if step > since] or [self.window[-1][1]]
         else:
             values = [f for _, f in self.window]
@@ -111,18 +111,9 @@ class AdaptiveReplayRatio(SAC):
             change < self.cfg.fau_threshold
         self.reference_fau, self.window = fau, []
         if settled:
-            self.switched, self.replay_ratio = True, self.cfg.high_replay_ratio
-            self.switched_at.append((self.task_index, self.task_steps))
+            self.switched, learner.replay_ratio = True, self.cfg.high_replay_ratio
+            self.switched_at.append((learner.task_index, learner.task_steps))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "arr": {
-            "replay_ratio": self.replay_ratio, "switched": self.switched, "reference_fau": self.reference_fau,
-            "window": self.window, "next_check": self.next_check, "switched_at": self.switched_at,
-            "episode_len": self.episode_len}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        arr = state["arr"]
-        self.replay_ratio, self.switched, self.reference_fau = arr["replay_ratio"], arr["switched"], arr["reference_fau"]
-        self.window, self.next_check, self.switched_at = arr["window"], arr["next_check"], arr["switched_at"]
-        self.episode_len = arr["episode_len"]
+register_variant("arr", "sac+arr",
+                 "SAC with Adaptive Replay Ratio: 0.5 → 2 once the critic's FAU settles (Ma et al. 2024)")

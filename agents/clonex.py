@@ -20,79 +20,84 @@ evaluation before the task starts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from crl.agents.sac import SAC, SACConfig
 from crl.continual import EpisodicMemory, gaussian_kl
 from crl.core import Task, Transitions
+from crl.extension import Extension
+from crl.registry import register_extension, register_variant
 
 
 @dataclass
-class ClonExConfig(SACConfig):
+class ClonExConfig:
     bc_coef: float = 100.0  # weight of the cloning KL
     memory_per_task: int = 10_000  # states (with the policy's μ, log σ) kept per finished task
     memory_batch_size: int = 128
     best_return_exploration: bool = True  # warm-up with the best earlier head instead of uniform actions
-    clip_grad_norm: float | None = 0.1
 
 
-class ClonEx(SAC):
+@register_extension("clonex", "behaviour cloning of past policies + best-return exploration (Wołczyk et al. 2022)")
+class ClonEx(Extension):
     config_class = ClonExConfig
+    base_defaults = {"clip_grad_norm": 0.1}
+    requires = frozenset({"replay", "gaussian_policy"})
+    state = ("memory", "head_returns", "row_heads", "row_returns")
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: ClonExConfig, device: torch.device):
-        super().__init__(obs_dim, act_dim, num_tasks, config, device)
-        self.memory = EpisodicMemory(device)
+    def __init__(self, learner, cfg):
+        super().__init__(learner, cfg)
+        self.memory = EpisodicMemory(learner.device)
         self.head_returns: dict[int, list[float]] = {}  # earlier head → returns of its warm-up episodes
         self.row_heads: torch.Tensor | None = None  # the head each parallel env explores with
         self.row_returns: torch.Tensor | None = None
 
     def begin_task(self, task: Task) -> None:
-        super().begin_task(task)
         self.head_returns, self.row_heads, self.row_returns = {}, None, None
 
     @torch.no_grad()
     def end_task(self, task: Task) -> None:
-        super().end_task(task)
-        if not self.buffer.size:
+        learner = self.learner
+        if not learner.buffer.size:
             return
-        obs = self.buffer.sample(self.cfg.memory_per_task)["obs"]
-        mu, log_std = self.actor.distribution(self._body_input(obs, task.index), self._heads(task.index))
+        obs = learner.buffer.sample(self.cfg.memory_per_task)["obs"]
+        mu, log_std = learner.actor.distribution(learner.policy_input(obs, task.index), learner.heads(task.index))
         self.memory.add({"obs": obs, "mu": mu, "log_std": log_std,
-                         "task_index": torch.full((obs.shape[0],), task.index, device=self.device)})
+                         "task_index": torch.full((obs.shape[0],), task.index, device=learner.device)})
 
-    def _auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if not len(self.memory):
             return None
+        learner = self.learner
         kept = self.memory.sample(self.cfg.memory_batch_size)
         tasks = kept["task_index"]
-        mu, log_std = self.actor.distribution(self._body_input(kept["obs"], tasks), self._heads(tasks))
+        mu, log_std = learner.actor.distribution(learner.policy_input(kept["obs"], tasks), learner.heads(tasks))
         return self.cfg.bc_coef * gaussian_kl(kept["mu"], kept["log_std"], mu, log_std).mean()
 
     # -- best-return exploration ----------------------------------------------------------------
 
     def _next_head(self) -> int:
-        untried = [h for h in range(self.task_index) if h not in self.head_returns]
+        task_index = self.learner.task_index
+        untried = [h for h in range(task_index) if h not in self.head_returns]
         if untried:
             self.head_returns[untried[0]] = []  # claimed: the next row takes the next head
             return untried[0]
         finished = {h: sum(r) / len(r) for h, r in self.head_returns.items() if r}
         if not finished:  # every head is being tried and none has finished an episode yet
-            return int(torch.randint(0, self.task_index, ()))
+            return int(torch.randint(0, task_index, ()))
         return max(finished, key=finished.get)
 
-    def _explore_actions(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.task_index == 0 or not self.cfg.best_return_exploration:
-            return super()._explore_actions(obs)
+    def explore(self, obs: torch.Tensor) -> torch.Tensor | None:
+        learner = self.learner
+        if learner.task_index == 0 or not self.cfg.best_return_exploration:
+            return None
         if self.row_heads is None or self.row_heads.shape[0] != obs.shape[0]:
-            self.row_heads = torch.tensor([self._next_head() for _ in range(obs.shape[0])], device=self.device)
-            self.row_returns = torch.zeros(obs.shape[0], device=self.device)
-        return self._policy_actions(obs, self.row_heads, deterministic=False)
+            self.row_heads = torch.tensor([self._next_head() for _ in range(obs.shape[0])], device=learner.device)
+            self.row_returns = torch.zeros(obs.shape[0], device=learner.device)
+        return learner.policy_actions(obs, self.row_heads, deterministic=False)
 
     def observe(self, batch: Transitions) -> None:
-        exploring = self.row_heads is not None and self.task_steps < self.cfg.start_steps
-        super().observe(batch)
+        # the learner has counted these transitions already: they were explored if they fell in the warm-up
+        exploring = self.row_heads is not None and self.learner.task_steps - len(batch) < self.learner.cfg.start_steps
         if not exploring:
             return
         self.row_returns += batch.reward
@@ -101,12 +106,6 @@ class ClonEx(SAC):
             self.row_returns[row] = 0.0
             self.row_heads[row] = self._next_head()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "memory": self.memory.state_dict(), "head_returns": self.head_returns,
-                "row_heads": self.row_heads, "row_returns": self.row_returns}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.memory.load_state_dict(state["memory"])
-        self.head_returns = state["head_returns"]
-        self.row_heads, self.row_returns = state["row_heads"], state["row_returns"]
+register_variant("clonex", "sac+clonex",
+                 "ClonEx-SAC: behaviour cloning of past actors + best-return exploration (Wołczyk et al. 2022)")

@@ -1,4 +1,4 @@
-"""Episodic memory: SAC that keeps replaying transitions of earlier tasks beside the current task's.
+"""Episodic memory: an extension that keeps replaying transitions of earlier tasks beside the current task's.
 
 Paper: Wołczyk et al., "Fine-tuning Reinforcement Learning Models is Secretly a Forgetting
 Mitigation Problem", ICML 2024 ("EM": the pre-trained task's data stay in SAC's replay buffer);
@@ -14,44 +14,41 @@ A-GEM's memory in Continual World) and adds a fixed share of rows to each batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from crl.agents.sac import SAC, SACConfig
 from crl.continual import EpisodicMemory
 from crl.core import Task
+from crl.extension import Extension
+from crl.registry import register_extension, register_variant
 
 
 @dataclass
-class EpisodicMemoryConfig(SACConfig):
+class MemoryConfig:
     memory_per_task: int = 10_000  # transitions kept per finished task
-    memory_batch_size: int = 128  # memory rows added to every batch (next to batch_size current ones)
+    memory_batch_size: int = 128  # memory rows (added to every batch; A-GEM: its reference batch)
 
 
-class EpisodicMemorySAC(SAC):
-    config_class = EpisodicMemoryConfig
+@register_extension("episodic-memory", "replay kept transitions of earlier tasks in every batch (Wołczyk et al. 2024)")
+class EpisodicReplay(Extension):
+    config_class = MemoryConfig
+    requires = frozenset({"replay"})
+    state = ("memory",)
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: EpisodicMemoryConfig,
-                 device: torch.device):
-        super().__init__(obs_dim, act_dim, num_tasks, config, device)
-        self.memory = EpisodicMemory(device)
+    def __init__(self, learner, cfg):
+        super().__init__(learner, cfg)
+        self.memory = EpisodicMemory(learner.device)
 
     def end_task(self, task: Task) -> None:
-        super().end_task(task)
-        if self.buffer.size:
-            self.memory.add(self.buffer.sample(self.cfg.memory_per_task))
+        if self.learner.buffer.size:
+            self.memory.add(self.learner.buffer.sample(self.cfg.memory_per_task))
 
-    def _sample_batch(self) -> dict[str, torch.Tensor]:
-        batch = super()._sample_batch()
+    def extend_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not len(self.memory):
             return batch
         kept = self.memory.sample(self.cfg.memory_batch_size)
         return {**{k: torch.cat([batch[k], kept[k]]) for k in kept}, "single_task": False}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "memory": self.memory.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.memory.load_state_dict(state["memory"])
+register_variant("episodic-memory", "sac+episodic-memory", "SAC replaying kept transitions of earlier tasks "
+                 "(Wołczyk et al. 2024)")

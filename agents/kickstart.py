@@ -1,4 +1,4 @@
-"""Kickstarting: SAC distilling the previous policy on the states it visits now.
+"""Kickstarting: an extension distilling the previous policy on the states the learner visits now.
 
 Paper: Wołczyk et al., "Fine-tuning Reinforcement Learning Models is Secretly a Forgetting Mitigation
 Problem", ICML 2024 ("KS"; after Schmitt et al., "Kickstarting Deep Reinforcement Learning", 2018).
@@ -18,52 +18,46 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from crl.agents.sac import SAC, SACConfig
 from crl.continual import gaussian_kl
 from crl.core import Task
+from crl.extension import Extension
+from crl.registry import register_extension, register_variant
 
 
 @dataclass
-class KickstartConfig(SACConfig):
+class KickstartConfig:
     ks_coef: float = 100.0  # weight of the distillation KL
 
 
-class Kickstart(SAC):
+@register_extension("kickstart", "distil the previous policy on current states (Wołczyk et al. 2024)")
+class Kickstart(Extension):
     config_class = KickstartConfig
+    requires = frozenset({"gaussian_policy"})
+    state = ("teacher", "teacher_tasks")
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: KickstartConfig, device: torch.device):
-        super().__init__(obs_dim, act_dim, num_tasks, config, device)
-        self.teacher = None
-        self.teacher_tasks = 0  # heads 0..teacher_tasks-1 of the teacher are distilled
+    def __init__(self, learner, cfg):
+        super().__init__(learner, cfg)
+        self.teacher = copy.deepcopy(learner.actor).requires_grad_(False)
+        self.teacher_tasks = 0  # heads 0..teacher_tasks-1 of the teacher are distilled (0: no teacher yet)
 
     def end_task(self, task: Task) -> None:
-        super().end_task(task)
-        self.teacher = copy.deepcopy(self.actor).requires_grad_(False)
+        self.teacher.load_state_dict(self.learner.actor.state_dict())
         self.teacher_tasks = task.index + 1
 
-    def _auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        if self.teacher is None:
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if not self.teacher_tasks:
             return None
-        obs = batch["obs"]
-        heads = torch.randint(0, self.teacher_tasks, (obs.shape[0],), device=self.device)
-        x = self._body_input(obs, heads)
+        learner, obs = self.learner, batch["obs"]
+        heads = torch.randint(0, self.teacher_tasks, (obs.shape[0],), device=learner.device)
+        x = learner.policy_input(obs, heads)
         with torch.no_grad():
-            mu_t, log_std_t = self.teacher.distribution(x, self._heads(heads))
-        mu, log_std = self.actor.distribution(x, self._heads(heads))
+            mu_t, log_std_t = self.teacher.distribution(x, learner.heads(heads))
+        mu, log_std = learner.actor.distribution(x, learner.heads(heads))
         return self.cfg.ks_coef * gaussian_kl(mu_t, log_std_t, mu, log_std).mean()
 
-    def state_dict(self) -> dict[str, Any]:
-        teacher = self.teacher.state_dict() if self.teacher is not None else None
-        return {**super().state_dict(), "teacher": teacher, "teacher_tasks": self.teacher_tasks}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.teacher_tasks = state["teacher_tasks"]
-        self.teacher = None
-        if state["teacher"] is not None:
-            self.teacher = copy.deepcopy(self.actor).requires_grad_(False)
-            self.teacher.load_state_dict(state["teacher"])
+register_variant("kickstart", "sac+kickstart",
+                 "SAC + kickstarting: distil the previous policy on current states (Wołczyk et al. 2024)")

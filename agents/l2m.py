@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from crl.continual import ParameterRegularizer, l2_importance
-from crl.core import Agent, Task, Transitions, UsageError
+from crl.core import ContextualAgent, LearnsFrom, Task, Transitions, UsageError
 from crl.lora import LoRAPool, PromptPool
+from crl.registry import register_agent, register_variant
 from crl.dt import DecisionTransformer, RollingContext, WindowSampler
 from crl.pretrain import (PretrainConfig, action_targets, check_pretrain_config, dt_config, load_or_pretrain,
                           target_returns, weight_decay_groups)
@@ -94,10 +95,11 @@ def _log(message: str) -> None:
     print(f"[l2m] {message}", file=sys.stderr, flush=True)
 
 
-class L2M(Agent):
+@register_agent("l2m", "L2M: frozen pre-trained DT + LoRA pool, task-agnostic retrieval (Schmied et al. 2023)")
+class L2M(ContextualAgent):
     """See the module docstring. ``update`` = one gradient step on the current task's data."""
 
-    learns_from = "dataset"
+    learns_from = LearnsFrom.DATASET
     config_class = L2MConfig
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: L2MConfig, device: torch.device):
@@ -289,7 +291,7 @@ class L2M(Agent):
         hidden = self.backbone.forward_tokens(tokens, mask, modulation=mod, prefix=prefix)
         return self.backbone.logits(hidden), key_loss, idx
 
-    def update(self) -> dict[str, float]:
+    def update(self) -> dict[str, torch.Tensor]:
         if self._sampler_state is not None:  # resumed mid-task: the data is loaded at the first step
             state = self._sampler_state
             self._make_sampler(self._sampler_task, seed=0)
@@ -316,8 +318,8 @@ class L2M(Agent):
         self.optimizer.step()
         self.gradient_steps += 1
         if idx is not None:
-            stats["modules_in_batch"] = torch.tensor(float(idx.unique().numel()))
-        return {k: float(v) for k, v in stats.items()}
+            stats["modules_in_batch"] = (torch.bincount(idx.flatten(), minlength=self.counts.numel()) > 0).sum().float()
+        return stats  # 0-d tensors: the loop reads them once per log interval (crl.core.Agent)
 
     def _consolidate(self) -> None:
         """EWC: add this task's diagonal Fisher (squared gradients of the action loss over
@@ -417,3 +419,13 @@ class L2M(Agent):
         self.targets = dict(state["targets"])
         self.query_center = state["query_center"].to(self.device)
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]
+
+
+register_variant("l2m-oracle", "l2m", "L2M with modules chosen by task id (the paper's upper bound)",
+                 method="l2m-oracle")
+register_variant("l2m-lora", "l2m", "one shared LoRA module on the frozen L2M backbone", method="lora")
+register_variant("l2m-l2p", "l2m", "L2P prefix-prompt pool on the frozen L2M backbone (Wang et al. 2022)",
+                 method="l2p")
+register_variant("l2m-ft", "l2m", "full fine-tuning of the L2M backbone", method="ft")
+register_variant("l2m-ewc", "l2m", "EWC on the L2M backbone (Kirkpatrick et al. 2017)", method="ewc")
+register_variant("l2m-l2", "l2m", "L2 regularisation on the L2M backbone", method="l2")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from crl.core import UsageError
+from crl.fileio import atomic_write
 
 FORMAT = "crl-checkpoint"
 VERSION = 1
@@ -44,15 +44,26 @@ def save(run_dir: Path, payload: dict[str, Any]) -> Path:
     A kill at any moment leaves either the previous checkpoint or the new one, never a torn file:
     the data is fsynced in a temp file in the same directory, then renamed over the old one.
     """
-    path = Path(run_dir) / FILENAME
-    tmp = path.with_suffix(".pt.tmp")
     data = {"format": FORMAT, "version": VERSION, "rng": rng_state(), **payload}
-    with open(tmp, "wb") as f:
-        torch.save(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(run_dir) / FILENAME, lambda f: torch.save(data, f))
+
+
+def load_plain(path: Path, what: str, hint: str = "") -> Any:
+    """``torch.load`` of tensors and plain data only (``weights_only``): a file that would need code to
+    unpickle (a class, a function such as ``os.system``) is refused with a one-line UsageError, never run.
+
+    ``what`` names the expected file in the message ("crl checkpoint"); ``hint`` is appended to it."""
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickles on stderr; the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):  # the pickle names a callable or class: the only way a pickle runs code
+            raise UsageError(f"{path} is not a {what}: it holds Python objects that would run code when loaded "
+                             f"(refused: only tensors and plain data are read){hint}") from None
+        raise UsageError(f"{path} is corrupt or not a {what} (UnpicklingError){hint}") from None
+    except Exception as e:  # noqa: BLE001 - truncated, not a zip, bad records: the same user-facing problem
+        raise UsageError(f"{path} is corrupt or not a {what} ({type(e).__name__}){hint}") from None
 
 
 def load(run_dir: Path) -> dict[str, Any]:
@@ -60,10 +71,7 @@ def load(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / FILENAME
     if not path.exists():
         raise UsageError(f"{run_dir} has no {FILENAME}; resume needs a run dir written by 'crl train'")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data: no code runs
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UsageError(f"{path} is corrupt or not a crl checkpoint ({type(e).__name__})") from None
+    data = load_plain(path, "crl checkpoint")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{path} is not a crl checkpoint (no '{FORMAT}' marker)")
     if data.get("version") != VERSION:

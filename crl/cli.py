@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> None:
-    from crl.agents import AGENTS
     from crl.config import available, config_dir, read_yaml
+    from crl.registry import listing
     from crl.envs import SEQUENCES, make_sequence
 
     print("sequences:")
@@ -88,9 +88,13 @@ def cmd_list() -> None:
         seq = make_sequence(name)
         print(f"  {name:<14} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
         print(" " * 17 + ", ".join(seq.labels))
-    print("agents:")
-    for name, (_, _, _, desc, _) in AGENTS.items():
-        print(f"  {name:<15} {desc}")
+    pieces = listing()
+    for kind, title in (("agents", "agents (base learners and standalone agents):"),
+                        ("variants", "registered variants (names for a composition with its defaults):"),
+                        ("extensions", "extensions (compose as <agent>+<extension>+..., e.g. sac+ewc+episodic-memory):")):
+        print(title)
+        for name, desc in pieces[kind]:
+            print(f"  {name:<16} {desc}")
     print("presets:")
     for name in available("preset"):
         desc = read_yaml(config_dir() / "preset" / f"{name}.yaml").get("description", "")

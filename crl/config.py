@@ -4,8 +4,9 @@ Layers, later wins: ``configs/seq/<seq>.yaml`` → ``configs/agent/<family>.yaml
 ``configs/agent/<agent>.yaml`` → ``configs/domain/<domain of the sequence's tasks>.yaml`` →
 ``configs/preset/<preset>.yaml`` → ``--config FILE`` → CLI flags (``--steps-per-task`` …) → ``--set section.key=value``.
 A YAML file may hold ``train:`` (TrainConfig keys) and ``agent:`` (the agent's config keys); a
-domain or preset file holds agent keys per agent family or name under ``agents: {<name>: {...}}``
-since agents differ.
+domain or preset file holds agent keys per agent family, extension or name under
+``agents: {<name>: {...}}`` since agents differ: for ``sac+packnet`` the sections ``sac``, then
+``packnet``, then ``sac+packnet`` apply.
 Unknown keys and values of the wrong type are UsageErrors, never silently ignored.
 """
 
@@ -21,13 +22,14 @@ from typing import Any
 import yaml
 
 from crl.core import UsageError
+from crl.envs.metaworld import CW_STEPS_PER_TASK
 
 SECTIONS = ("train", "agent")
 
 
 @dataclass
 class TrainConfig:
-    steps_per_task: int = 1_000_000  # env steps per task (CW: 1M)
+    steps_per_task: int = CW_STEPS_PER_TASK  # env steps per task; build_config starts from the sequence's own
     eval_every: int = 20_000  # env steps between evaluations of ALL tasks (CW: 20k)
     eval_episodes: int = 10  # episodes per task per evaluation (CW: 10)
     eval_deterministic: bool = False  # CW's headline numbers use the stochastic policy
@@ -167,18 +169,20 @@ def build_config(
     preset: str | None = None, reference: bool = False, config_file: Path | None = None,
     train_flags: dict[str, Any] | None = None, sets: list[str] | None = None,
 ) -> RunConfig:
-    from crl.agents import agent_family, make_agent_config
     from crl.envs import make_sequence
+    from crl.registry import resolve
 
     sequence = make_sequence(seq)  # validates the name
-    agent_config = make_agent_config(agent)
+    resolved = resolve(agent)
+    agent_config = resolved.make_config()
     if preset is not None and preset not in available("preset"):
         raise UsageError(f"unknown preset '{preset}'; allowed: {', '.join(available('preset'))}")
     cfg = RunConfig(seq=seq, agent=agent, seed=seed, device=device, backend=backend, preset=preset,
                     reference=reference, train=TrainConfig(steps_per_task=sequence.steps_per_task),
                     agent_config=agent_config)
     layers = []
-    family = agent_family(agent)
+    family = resolved.family
+    pieces = [ext.name for ext in resolved.extensions]
     domain = sequence.tasks[0].domain  # e.g. dmc: SAC settings for DMC rather than Continual World's
     for kind, name in (("seq", seq), ("agent", family), ("agent", agent if agent != family else None),
                        ("domain", domain), ("preset", preset)):
@@ -194,7 +198,7 @@ def build_config(
         apply_overrides(cfg.train, data.get("train") or {}, "train")
         apply_overrides(cfg.agent_config, data.get("agent") or {}, "agent")
         per_agent = data.get("agents") or {}
-        for key in dict.fromkeys((family, agent)):  # the family's section, then the variant's
+        for key in dict.fromkeys((family, *pieces, agent)):  # the family's section, each extension's, the name's
             section = dict(per_agent.get(key) or {})
             apply_overrides(cfg.train, section.pop("train", None) or {}, "train")
             apply_overrides(cfg.agent_config, section, "agent")

@@ -1,8 +1,9 @@
-"""The contracts every part of crl is written against: Task, Sequence, VecEnv, Transitions, Agent.
+"""The contracts every part of crl is written against: Task, Sequence, VecEnv, Transitions, Agent
+(with its optional ContextualAgent interface, LearnsFrom and Phase).
 
 The loop that ties them together (crl/loop.py), in outline:
 
-    agent = make_agent(name, spec, config)
+    agent = crl.registry.resolve(name) → AgentClass(obs_dim, act_dim, num_tasks, config, device)
     for task in sequence.tasks:                       # from the resume point
         agent.begin_task(task)
         vec = task.make_vec(n_envs, seed, backend)
@@ -12,7 +13,8 @@ The loop that ties them together (crl/loop.py), in outline:
             step = vec.step(action)                   # same-step autoreset
             agent.observe(Transitions(obs, action, step.reward, step.final_obs, ...))
             agent.update()                            # the agent decides whether an update is due
-            every eval interval: crl.evaluate.evaluate_all(agent, sequence)
+            every eval interval: crl.evaluate.Evaluator(...).evaluate(agent)
+        agent.phases(task) run step by step       # e.g. PackNet's retraining
         agent.end_task(task)
 
 The loop owns time; the agent owns learning; environments own the world.
@@ -21,11 +23,13 @@ The loop owns time; the agent owns learning; environments own the world.
 from __future__ import annotations
 
 import abc
+import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: importing crl (and its gymnasium wrappers) must not load torch
+    import numpy as np
+    import torch
 
 @dataclass(frozen=True)
 class VecStep:
@@ -125,16 +129,54 @@ class Transitions:
         return self.obs.shape[0]
 
 
-class Agent(abc.ABC):
-    """What the loop needs from an agent.
+class LearnsFrom(str, enum.Enum):
+    """Where an agent's experience comes from; the loop drives the two kinds differently."""
 
-    ``learns_from`` is "env" for online agents (the loop collects and calls observe/update) or
-    "dataset" for offline agents (the loop calls update only). ``update`` is called after every
-    observed vector step and decides by itself whether a gradient step is due; it returns the
-    scalars to log (empty dict when nothing happened).
+    ENV = "env"  # online: the loop collects vector steps and calls observe, then update
+    DATASET = "dataset"  # offline: the agent holds the task's data; the loop calls update only
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Work an agent needs between a task's budget and its ``end_task`` (PackNet's retraining), which the
+    loop runs one ``phase_step`` at a time: on the progress bar, in TensorBoard under ``phase/<name>/...``,
+    and checkpointed every ``train.checkpoint_every`` of its steps, so a kill during it loses nothing."""
+
+    name: str
+    steps: int
+
+
+Scalars = dict[str, "float | torch.Tensor"]
+
+
+class Agent(abc.ABC):
+    """What the loop needs from an agent; the loop it lives in (crl/loop.py)::
+
+        agent = AgentClass(obs_dim, act_dim, num_tasks, config, device)   # config: AgentClass.config_class
+        agent.prepare(tasks)              # crl train only (not crl eval): data, pre-trained models
+        [agent.load_state_dict(checkpoint["agent"])]                      # on --resume
+        for task in tasks (from the resume point):
+            agent.begin_task(task)
+            until the task's budget is spent:
+                LearnsFrom.ENV:     a = agent.act(obs, task.index, explore=True, first=first)
+                                    agent.observe(Transitions(...)); scalars = agent.update()
+                LearnsFrom.DATASET: scalars = agent.update()
+                every eval interval: agent.act(obs, task_indices, explore=False) on every task
+            for phase in agent.phases(task): begin_phase, phase_step × phase.steps, end_phase
+            agent.end_task(task)
+            checkpoint: agent.state_dict()
+
+    Construction: ``(obs_dim, act_dim, num_tasks, config, device)`` with ``config`` an instance of the
+    class attribute ``config_class`` (a dataclass, one line per field). Register the class with
+    ``crl.registry.register_agent`` beside it; variants with ``register_variant``.
+
+    ``update()`` returns the scalars to log (empty when nothing happened). Values may be floats or 0-d
+    tensors: the loop sums them without reading them and reads them once per ``train.log_every``
+    (no host sync per step on a GPU).
     """
 
-    learns_from: str = "env"
+    learns_from: LearnsFrom = LearnsFrom.ENV
+    config_class: type
 
     def prepare(self, tasks: list[Task]) -> None:
         """Called by ``crl train`` once per run segment, before training (and before a resume restores
@@ -160,33 +202,55 @@ class Agent(abc.ABC):
         ``first`` marks observations that start an episode, for agents that keep context.
         """
 
-    @abc.abstractmethod
-    def observe(self, batch: Transitions) -> None: ...
+    def observe(self, batch: Transitions) -> None:
+        """A vector step of the current task (``LearnsFrom.ENV`` agents). Default: nothing."""
 
-    def prepare_evaluation(self, row_tasks: list[Task]) -> None:
-        """Called before an evaluation with the task of every row the next ``act`` calls will see
-        (e.g. a Decision Transformer looks up each row's return-to-go target). Default: nothing."""
+    @abc.abstractmethod
+    def update(self) -> Scalars: ...
+
+    def phases(self, task: Task) -> list[Phase]:
+        """Phases to run after ``task``'s budget, before ``end_task``. Default: none."""
+        return []
+
+    def begin_phase(self, phase: Phase, task: Task) -> None:
+        """Called once when a phase starts (not again when a resume continues it)."""
+
+    def phase_step(self, phase: Phase) -> Scalars:
+        raise NotImplementedError(f"{type(self).__name__} declared phase {phase.name} but has no phase_step")
+
+    def end_phase(self, phase: Phase, task: Task) -> None: ...
+
+    @abc.abstractmethod
+    def end_task(self, task: Task) -> None: ...
 
     def retention_tasks(self) -> list[Task]:
         """Tasks outside the sequence the agent should keep (e.g. its pre-training tasks); the loop
         evaluates them before and after the continual phase. Default: none."""
         return []
 
-    def after_step(self, reward: torch.Tensor, ended: torch.Tensor) -> None:
-        """The reward of the action just taken and which rows' episodes ended, during evaluation,
-        for agents that keep a context (a Decision Transformer's return-to-go). Default: nothing."""
-
     @abc.abstractmethod
-    def update(self) -> dict[str, float]: ...
-
-    @abc.abstractmethod
-    def end_task(self, task: Task) -> None: ...
-
-    @abc.abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: tensors and plain data only (checkpoints load with
+        ``weights_only=True``; anything else is refused)."""
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ContextualPolicy:
+    """Acts from what came before in the episode (a Decision Transformer's window and return-to-go): the
+    evaluator calls these hooks only on policies of this kind."""
+
+    def prepare_evaluation(self, row_tasks: list[Task]) -> None:
+        """Called before an evaluation with the task of every row the next ``act`` calls will see
+        (e.g. a Decision Transformer looks up each row's return-to-go target)."""
+
+    def after_step(self, reward: torch.Tensor, ended: torch.Tensor) -> None:
+        """The reward of the action just taken and which rows' episodes ended, during evaluation."""
+
+
+class ContextualAgent(ContextualPolicy, Agent):
+    """An agent with context: the optional interface beside the Agent contract (agents/l2m.py)."""
 
 
 class UsageError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from crl.core import Agent, Sequence, Task, VecEnv
+from crl.core import Agent, ContextualPolicy, Sequence, Task, VecEnv
 
 
 class Evaluator:
@@ -49,7 +49,9 @@ class Evaluator:
         returns = np.zeros(total, dtype=np.float64)
         lengths = np.zeros(total, dtype=np.int64)
         first = torch.ones(total, dtype=torch.bool, device=self.device)
-        agent.prepare_evaluation([t for t, n in zip(tasks, sizes) for _ in range(n)])
+        contextual = isinstance(agent, ContextualPolicy)
+        if contextual:
+            agent.prepare_evaluation([t for t, n in zip(tasks, sizes) for _ in range(n)])
         step_reward = np.zeros(total, dtype=np.float32)
         for _ in range(int(horizon.max())):
             obs_t = torch.as_tensor(obs, device=self.device)
@@ -71,7 +73,8 @@ class Evaluator:
                 step_reward[lo:hi] = step.reward
             done |= ended
             first = torch.as_tensor(ended, device=self.device)
-            agent.after_step(torch.as_tensor(step_reward, device=self.device), first)
+            if contextual:
+                agent.after_step(torch.as_tensor(step_reward, device=self.device), first)
             if done.all():
                 break
         results = []

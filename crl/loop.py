@@ -19,7 +19,7 @@ import yaml
 
 from crl import checkpoint
 from crl.config import RunConfig, config_from_dict, resolve_device
-from crl.core import Agent, Sequence, Transitions, UsageError
+from crl.core import Agent, LearnsFrom, Sequence, Task, Transitions, UsageError
 from crl.evaluate import Evaluator
 from crl.monitor import Monitor, read_evals, write_evals
 
@@ -38,6 +38,10 @@ class LoopState:
     wall_time: float = 0.0  # seconds of training + evaluation, summed over resumes
     segments: int = 0  # how many times the run was started (1 + resumes)
     retention: dict[str, dict[str, float]] = field(default_factory=dict)  # agent.retention_tasks() scores
+    phase: int = 0  # index into agent.phases(task) of the phase under way, once the task's budget is spent
+    phase_step: int = 0  # steps of that phase done
+    phase_started: bool = False  # its begin_phase ran (a resume must not run it again)
+    phase_steps_total: int = 0  # phase steps across the run: the x-axis of phase/* tags
 
 
 def seed_everything(seed: int) -> None:
@@ -154,18 +158,55 @@ class ContinualLoop:
         task_done = st.task_steps >= tcfg.steps_per_task
         if task_done or st.task_steps // tcfg.eval_every > before // tcfg.eval_every:
             self.evaluate(active=task.index, tasks=[task] if self.cfg.reference else None)
-            if task_done:
-                self.agent.end_task(task)
-                st.task, st.task_steps = st.task + 1, 0
-            if task_done or st.global_step - self._last_ckpt >= tcfg.checkpoint_every:
-                st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
-                self.save_checkpoint()
-                self._last_ckpt = st.global_step
+            # checkpoints fall on evaluations (the task's last one is taken after end_task: _finish_task)
+            if not task_done and st.global_step - self._last_ckpt >= tcfg.checkpoint_every:
+                self._checkpoint()
         return task_done
+
+    def _checkpoint(self) -> None:
+        st = self.state
+        st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
+        self.save_checkpoint()
+        self._last_ckpt = st.global_step
+
+    def _run_phases(self, task: Task) -> None:
+        """The agent's phases after ``task``'s budget (e.g. PackNet's retraining), step by step: logged under
+        phase/<name>/..., shown on the progress bar, checkpointed every ``checkpoint_every`` steps."""
+        st, tcfg = self.state, self.cfg.train
+        phases = self.agent.phases(task)
+        while st.phase < len(phases):
+            phase = phases[st.phase]
+            if not st.phase_started:
+                self.agent.begin_phase(phase, task)
+                st.phase_started = True
+                self._checkpoint()
+            since_checkpoint = 0
+            self.monitor.set_phase(phase.name, st.phase_step, phase.steps)
+            while st.phase_step < phase.steps:
+                self.monitor.add_train_stats(self.agent.phase_step(phase))
+                st.phase_step += 1
+                st.phase_steps_total += 1
+                since_checkpoint += 1
+                if st.phase_step % tcfg.log_every == 0 or st.phase_step == phase.steps:
+                    self.monitor.flush_phase(phase.name, st.phase_step, phase.steps, st.phase_steps_total)
+                if since_checkpoint >= tcfg.checkpoint_every and st.phase_step < phase.steps:
+                    self._checkpoint()
+                    since_checkpoint = 0
+            self.agent.end_phase(phase, task)
+            st.phase, st.phase_step, st.phase_started = st.phase + 1, 0, False
+        st.phase = 0
+
+    def _finish_task(self, task: Task) -> None:
+        self._run_phases(task)
+        self.agent.end_task(task)
+        self.state.task, self.state.task_steps = self.state.task + 1, 0
+        self._checkpoint()
 
     def _train_online(self, task) -> None:
         """Collect vector steps of ``task`` and let the agent learn from them, to the task's budget."""
         cfg, st = self.cfg, self.state
+        if st.task_steps >= cfg.train.steps_per_task:
+            return
         # The env's RNG stream cannot be checkpointed, so each segment gets its own seed.
         env = task.make_vec(cfg.train.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend)
         obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
@@ -218,16 +259,17 @@ class ContinualLoop:
             while st.task < n_tasks:
                 task = seq.tasks[st.task]
                 self.monitor.set_task(task.index, n_tasks, seq.labels[task.index], st.global_step)
-                if st.task_steps == 0:
+                if st.task_steps == 0 and not st.phase_started and st.phase == 0:
                     if cfg.reference:  # single-task reference: a fresh agent for every task
                         seed_everything(cfg.seed + task.index)
                         self.agent = make_agent(cfg, seq, self.device)
                         self.agent.prepare(list(seq.tasks))
                     self.agent.begin_task(task)
-                if self.agent.learns_from == "dataset":
+                if self.agent.learns_from == LearnsFrom.DATASET:
                     self._train_offline(task)
                 else:
                     self._train_online(task)
+                self._finish_task(task)
             self.evaluate_retention("after")
             st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
         finally:

@@ -16,19 +16,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from crl.fileio import atomic_write_text
+
 EVALS_FILE = "evals.jsonl"
 
 
 def write_evals(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite evals.jsonl atomically (used on resume to drop rows newer than the checkpoint)."""
-    path = Path(run_dir) / EVALS_FILE
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(Path(run_dir) / EVALS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_evals(run_dir: Path) -> list[dict[str, Any]]:
@@ -83,15 +78,31 @@ class Monitor:
         """Write the mean of the agent's stats since the last call and time/fps; returns fps.
 
         A stat named with its own namespace (``plasticity/critic/0/fau``) keeps it; others go under train/."""
-        for k, total in self._train_sums.items():
-            self.writer.add_scalar(k if "/" in k else f"train/{k}", total / self._train_counts[k], step)
-        self._train_sums.clear()
-        self._train_counts.clear()
+        self._write_stats(lambda k: k if "/" in k else f"train/{k}", step)
         now = time.perf_counter()
         fps = (step - self._fps_step) / max(now - self._fps_time, 1e-9)
         self.writer.add_scalar("time/fps", fps, step)
         self._fps_time, self._fps_step = now, step
         return fps
+
+    def _write_stats(self, tag, step: int) -> None:
+        for k, total in self._train_sums.items():
+            self.writer.add_scalar(tag(k), total / self._train_counts[k], step)
+        self._train_sums.clear()
+        self._train_counts.clear()
+
+    def set_phase(self, name: str, done: int, total: int) -> None:
+        """Show a phase between tasks (PackNet's retraining) on the progress bar."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{name} {done:,}/{total:,}")
+
+    def flush_phase(self, name: str, done: int, total: int, phase_step: int) -> None:
+        """Write the mean of a phase's stats as ``phase/<name>/<stat>`` and its progress; the x-axis of
+        phase tags counts the run's phase steps (env steps do not advance during a phase)."""
+        self._write_stats(lambda k: f"phase/{name}/{k}", phase_step)
+        self.writer.add_scalar(f"phase/{name}/progress", done / max(total, 1), phase_step)
+        self.writer.flush()
+        self.set_phase(name, done, total)
 
     def log_evaluation(self, rows: list[dict[str, Any]], step: int) -> None:
         """Append one evaluation (one row per task) to evals.jsonl, flushed, and to TensorBoard."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Callable
 
 import torch
@@ -9,8 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-HIDDEN_ACTIVATIONS = ("leaky_relu", "relu")  # after the first (LayerNorm + tanh) layer
+# after the first (LayerNorm + tanh) layer; "elephant" and "hard_ash" are the sparse activations of the
+# continual-learning literature (see ``Elephant`` and ``HardASH``)
+HIDDEN_ACTIVATIONS = ("leaky_relu", "relu", "elephant", "hard_ash")
 LEAKY_SLOPE = 0.2  # TF's LeakyReLU default, which Continual World uses (torch's is 0.01)
+ELEPHANT_WIDTH = 1.0  # a: elephant(±a) = 1/2 (Lan & Mahmood 2023)
+ELEPHANT_DEGREE = 4.0  # d: the sharpness of the bell; larger d, flatter top and steeper sides
+HARD_ASH_Z = 1.2816  # z_k: keeps x ≥ μ + z·σ, the top 10% of a Gaussian layer (Φ(1.2816) = 0.90)
 # cw: Continual World's body (Linear→LayerNorm→tanh, then Linear→activation); mlp: Linear→activation for
 # every layer, the plain MLP of Haarnoja et al.'s SAC, Spinning Up and Stable-Baselines3
 BODIES = ("cw", "mlp")
@@ -21,10 +27,89 @@ def cw_activations(hidden_sizes: tuple[int, ...], activation: str = "leaky_relu"
     return {str(i): "tanh" if i == 0 and body == "cw" else activation for i in range(len(hidden_sizes))}
 
 
+def _check_activation(activation: str) -> None:
+    if activation not in HIDDEN_ACTIVATIONS:
+        raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
+
+
 def _hidden_activation(activation: str) -> nn.Module:
     # in place: the activation overwrites the Linear's output, which no backward needs (one tensor less
-    # to allocate per layer); LeakyReLU/ReLU backward only need the result
-    return nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if activation == "leaky_relu" else nn.ReLU(inplace=True)
+    # to allocate per layer); LeakyReLU/ReLU backward only need the result. Elephant and Hard ASH are
+    # not in place (their backward needs the input).
+    _check_activation(activation)
+    if activation == "leaky_relu":
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    if activation == "relu":
+        return nn.ReLU(inplace=True)
+    return Elephant() if activation == "elephant" else HardASH()
+
+
+def elephant(x: torch.Tensor, a: float = ELEPHANT_WIDTH, d: float = ELEPHANT_DEGREE) -> torch.Tensor:
+    """Elephant activation 1 / (1 + |x/a|^d) (Lan & Mahmood, "Elephant Neural Networks: Born to Be a
+    Continual Learner", arXiv:2310.01365, 2023).
+
+    A bell: 1 at x = 0, 1/2 at |x| = a, → 0 as |x|/a → ∞ (like |x/a|^-d). Its gradient
+    −(d/a)·sign(x)·|x/a|^(d−1)/(1 + |x/a|^d)² is non-negligible only for |x| ≲ a, so both the
+    representation and its gradient are sparse: an update on one input barely moves the function on
+    inputs whose pre-activations lie elsewhere (the paper's argument against forgetting). ``d`` sets the
+    sharpness: the larger, the flatter the top and the steeper (and more local) the sides."""
+    return torch.reciprocal(1 + (x / a).abs().pow(d))
+
+
+class Elephant(nn.Module):
+    """``elephant(x, a, d)`` as a module (a hidden nonlinearity that probes and type checks can find)."""
+
+    def __init__(self, a: float = ELEPHANT_WIDTH, d: float = ELEPHANT_DEGREE):
+        super().__init__()
+        if a <= 0 or d <= 0:
+            raise ValueError(f"elephant needs a > 0 and d > 0, got a={a}, d={d}")
+        self.a, self.d = float(a), float(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return elephant(x, self.a, self.d)
+
+    def extra_repr(self) -> str:
+        return f"a={self.a}, d={self.d}"
+
+
+def hard_ash(x: torch.Tensor, z: float = HARD_ASH_Z) -> torch.Tensor:
+    """Hard Adaptive SwisH: x · 1[x ≥ μ + z·σ], μ and σ the mean and (population) standard deviation of
+    each sample's pre-activations over the last (feature) dimension.
+
+    This is the step form that defines ASH (Lee et al., "Stochastic Adaptive Activation Function",
+    NeurIPS 2022: keep the entries above the per-sample threshold μ_X + z_k·σ_X, i.e. the top
+    percentile of a Gaussian row, which ASH then smooths into x·sigmoid(α·(x − μ_X − z_k·σ_X))), kept
+    hard as in the sparse continual learner of Keskinen ("Hard ASH: Sparsity and the right optimizer
+    make a continual learner", arXiv:2404.17651, 2024; that paper's exact Hard ASH formula was not
+    checked here). For Gaussian pre-activations about a share 1 − Φ(z) of each row stays
+    (z = 1.2816: 10%). Kept entries
+    pass unchanged (gradient 1); dropped ones are 0 with gradient 0; no gradient flows through μ and σ
+    (the step is flat almost everywhere). Rows are (…, width): (n, width) batches and an ensemble's
+    (members, n, width) alike."""
+    stats = x.detach()
+    threshold = stats.mean(-1, keepdim=True) + z * stats.std(-1, correction=0, keepdim=True)
+    return x * (x >= threshold)
+
+
+class HardASH(nn.Module):
+    """``hard_ash(x, z)`` as a module; ``keep`` instead of ``z`` sets z = Φ⁻¹(1 − keep), the z-score
+    that keeps a share ``keep`` of a row of Gaussian pre-activations."""
+
+    def __init__(self, z: float | None = None, *, keep: float | None = None):
+        super().__init__()
+        if z is not None and keep is not None:
+            raise ValueError("give z or keep, not both")
+        if keep is not None:
+            if not 0 < keep < 1:
+                raise ValueError(f"keep must be in (0, 1), got {keep}")
+            z = NormalDist().inv_cdf(1 - keep)
+        self.z = HARD_ASH_Z if z is None else float(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hard_ash(x, self.z)
+
+    def extra_repr(self) -> str:
+        return f"z={self.z}"
 
 
 class _SigmoidTanh(torch.autograd.Function):
@@ -78,11 +163,13 @@ def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False
     Matches ``continualworld/sac/models.py`` (``mlp`` with ``use_layer_norm=True``); LeakyReLU keeps
     TF's default slope 0.2 (``tf.keras.layers.LeakyReLU`` alpha), not torch's 0.01. ``norm_all``
     puts a LayerNorm before every nonlinearity (what Normalize-and-Project needs); ``activation="relu"``
-    uses ReLU after the first layer (as the critics of Ma et al.'s Adaptive Replay Ratio). ``body="mlp"``
+    uses ReLU after the first layer (as the critics of Ma et al.'s Adaptive Replay Ratio), ``"elephant"``
+    and ``"hard_ash"`` the sparse ``Elephant`` and ``HardASH`` (their defaults). ``body="mlp"``
     drops the first layer's LayerNorm and tanh: Linear→activation throughout (see ``BODIES``).
     ``linear(in, out, fp32)`` builds each linear layer (default ``FP32Linear`` for the input layer,
     ``nn.Linear`` after it; VCL passes Bayesian layers).
     """
+    _check_activation(activation)
     cw_input = body == "cw"
     linear = linear or _standard_linear
     layers: list[nn.Module] = []
@@ -175,6 +262,7 @@ class EnsembleCWMLP(nn.Module):
     def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, num_heads: int,
                  *, norm_all: bool = False, activation: str = "leaky_relu", body: str = "cw"):
         super().__init__()
+        _check_activation(activation)
         self.members, self.out_dim, self.num_heads = members, out_dim, num_heads
         self.activation, self.cw_input = activation, body == "cw"
         sizes = [in_dim, *hidden_sizes, out_dim * num_heads]
@@ -233,5 +321,15 @@ class EnsembleCWMLP(nn.Module):
         return out[:, torch.arange(x.shape[0], device=x.device), head]
 
     def _activation_(self, h: torch.Tensor) -> torch.Tensor:
-        # in place on a matmul's (or LayerNorm's) output, which its backward does not need
-        return F.leaky_relu_(h, LEAKY_SLOPE) if self.activation == "leaky_relu" else F.relu_(h)
+        # in place on a matmul's (or LayerNorm's) output, which its backward does not need; elephant and
+        # hard_ash (defaults as in ``cw_mlp``) are out of place, their backward needs h
+        if self.activation == "leaky_relu":
+            return F.leaky_relu_(h, LEAKY_SLOPE)
+        if self.activation == "relu":
+            return F.relu_(h)
+        return elephant(h) if self.activation == "elephant" else hard_ash(h)
+
+
+# the nn.Module classes used as hidden nonlinearities (``Tanh`` is an ``nn.Tanh``): find a body's
+# activation layers with ``isinstance(m, ACTIVATION_MODULES)``
+ACTIVATION_MODULES = (nn.Tanh, nn.LeakyReLU, nn.ReLU, Elephant, HardASH)

@@ -19,19 +19,25 @@ from typing import Iterable
 import torch
 from torch import nn
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "elephant", "hard_ash")
 DORMANT_AVERAGING = ("global", "per_layer")
 
 
 def active_mask(h: torch.Tensor, activation: str) -> torch.Tensor:
     """Entries that are not saturated (Plasticine's rule): ReLU family f > 0 (for LeakyReLU: the
-    positive, unit-slope side), tanh |f| ≤ 0.99, sigmoid 0.01 ≤ f ≤ 0.99."""
+    positive, unit-slope side), tanh |f| ≤ 0.99, sigmoid 0.01 ≤ f ≤ 0.99. For the sparse activations
+    (crl's own rule, no paper fixes one): Hard ASH f ≠ 0 (a kept unit may be negative), elephant
+    f ≥ 0.01 (out of its flat tail)."""
     if activation in ("relu", "leaky_relu"):
         return h > 0
     if activation == "tanh":
         return h.abs() <= 0.99
     if activation == "sigmoid":
         return (h >= 0.01) & (h <= 0.99)
+    if activation == "hard_ash":
+        return h != 0
+    if activation == "elephant":
+        return h >= 0.01
     raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(ACTIVATIONS)}")
 
 
@@ -188,8 +194,7 @@ class PlasticityProbe:
                 out[f"{prefix}/{pname}/weight_magnitude"] = weight_magnitude(p)
                 out[f"{prefix}/{pname}/weight_change"] = weight_change(p, self.initial[pname])
         out[f"{prefix}/all/grad_norm"] = grad_norm(self.network.parameters())
-        self.captured = {}
-        return out
+        return out  # ``captured`` stays until the next arm(): ReDo reads it after the optimiser step
 
 
 # -- interventions ---------------------------------------------------------------------------------

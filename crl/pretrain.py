@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from typing import Any
 
 import torch
 
-from crl.core import UsageError
+from crl.core import ContextualPolicy, UsageError
 from crl.dt import DT_SIZES, DecisionTransformer, DTConfig
+from crl.fileio import atomic_write
 
 FORMAT = "crl-backbone"
 VERSION = 2  # 2: state normaliser in the weights, expert-action targets, context in the config (issue 13)
@@ -183,7 +183,6 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
         log(f"pre-training-task success {sum(success.values()) / len(success):.2f} (mean of {len(success)} tasks)")
     path = backbone_path(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
     payload = {
         "format": FORMAT, "version": VERSION, "pretrain_config": dataclasses.asdict(cfg),
         "dt_config": dataclasses.asdict(model_cfg), "state_dict": model.state_dict(),
@@ -192,21 +191,16 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
         "seconds": seconds, "updates_per_s": cfg.updates / seconds, "tasks": tasks,
         "pretrain_success": success,
     }
-    with open(tmp, "wb") as f:  # a kill leaves the old cache or the new one, never a torn file
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(payload, f))  # a kill leaves the old cache or the new one
     log(f"pre-trained in {seconds:.0f}s ({cfg.updates / seconds:.1f} updates/s), loss "
         f"{sum(losses[:100]) / max(1, len(losses[:100])):.3f} → {sum(losses[-100:]) / max(1, len(losses[-100:])):.3f}; saved {path}")
     return path
 
 
 def load_backbone(path: Path, device: torch.device) -> tuple[DecisionTransformer, dict[str, Any]]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise UsageError(f"{path} is corrupt or not a crl backbone ({type(e).__name__}); delete it to rebuild") from None
+    from crl.checkpoint import load_plain
+
+    data = load_plain(path, "crl backbone", "; delete it to rebuild")  # tensors and plain data only: no code runs
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
         raise UsageError(f"{path} is not a crl backbone (version {VERSION}); delete it to rebuild")
     model = DecisionTransformer(DTConfig(**data["dt_config"])).to(device)
@@ -235,7 +229,7 @@ def target_returns(tasks: list[str], data_dir: Path, mult: float = 1.0) -> dict[
     return {t: float(load_task(t, data_dir).episode_return.max()) * mult for t in tasks}
 
 
-class BackbonePolicy:
+class BackbonePolicy(ContextualPolicy):
     """A Decision Transformer on its own as an evaluation policy (what ``crl.evaluate.Evaluator`` calls of
     an agent): greedy binned actions from a rolling context, each row conditioned on its task's RTG target."""
 

@@ -8,7 +8,6 @@ and that trained the same agent with the same steps per task.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from crl import metrics
 from crl.config import RunConfig
 from crl.core import Sequence
+from crl.fileio import atomic_write_text
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "retention.png"
@@ -179,9 +179,6 @@ def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[s
         "versions": _versions(),
         "config": cfg.to_dict(),
     })
-    path = Path(run_dir) / RESULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(run_dir) / RESULTS_FILE, json.dumps(out, indent=2))
     write_plots(run_dir, out, state.evals, sequence, cfg)
     return out

@@ -1,10 +1,11 @@
-"""crl's environments: task sequences, Meta-World with Continual World's conventions, vector envs
+"""crl's environments: task sequences, Meta-World with Continual World's conventions, DMC, vector envs
 and reusable gymnasium wrappers.
 
-metaworld and envpool load lazily (on the first env built), so importing this package is cheap.
+metaworld, dm_control and envpool load lazily (on the first env built), so importing this package is cheap.
 """
 
-from . import dmc  # noqa: F401  registers the DMC sequences
+# Each family registers its sequences in envs/sequences.py on import, in this order (as `crl list` shows them).
+from . import metaworld, dmc  # noqa: F401, I001
 from .metaworld import CW10, EPISODE_LEN, make_vec
 from .registration import register_envs
 from .sequences import SEQUENCES, make_sequence

@@ -45,12 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from crl.core import UsageError
+from crl.fileio import write_synced
 
 from .metaworld import (ACT_DIM, CW10, ENVPOOL_MISMATCHED, EPISODE_LEN, OBS_DIM, V3_TASK_NAMES, check_task_name,
-                        resolve_backend, task_backend)
+                        task_backend)
+from .vector import resolve_backend
 
 FORMAT_NAME = "crl-metaworld-offline"
 FORMAT_VERSION = 2  # 2: expert_action.npy beside the executed action (issue 13)
@@ -340,15 +341,8 @@ def _write_atomic(final_dir: Path, arrays: dict[str, np.ndarray], manifest: dict
             shutil.rmtree(stale)
     tmp.mkdir(parents=True)
     for name, array in arrays.items():
-        with open(tmp / f"{name}.npy", "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-    with open(tmp / MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        write_synced(tmp / f"{name}.npy", lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    write_synced(tmp / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2) + "\n"), mode="w")
     if final_dir.exists():
         os.replace(final_dir, old)
     os.replace(tmp, final_dir)

@@ -40,8 +40,8 @@ import numpy as np
 
 from crl.core import Sequence, Task, UsageError, VecStep
 
-from .metaworld import _in_env_order, _random_seed, resolve_backend
-from .sequences import SEQUENCES, sequence
+from .sequences import SEQUENCES, custom_sequences, sequence
+from .vector import EnvPoolVecEnvBase, InProcessVecEnv, random_seed, resolve_backend
 
 EPISODE_ENV_STEPS = 1000  # dm_control's time limit for every task offered here, in env (control) steps
 RETURN_SCALE = 1000.0  # per-step rewards are in [0, 1], so episode returns are in [0, 1000]
@@ -215,7 +215,7 @@ class DMCEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.obs_dim, self.act_dim = _padded_dims(task_name, obs_dim, act_dim)
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (self.act_dim,), np.float32)
-        seed = _random_seed() if seed is None else seed
+        seed = random_seed() if seed is None else seed
         self._env = _load_dm_env(task_name, seed)
         self._layout, low, high = _spec_of(self._env)
         if (sum(size for _, size in self._layout), len(low)) != TASK_DIMS[task_name]:
@@ -252,36 +252,14 @@ class DMCEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._env.close()
 
 
-class DMCGymnasiumVecEnv:
+class DMCGymnasiumVecEnv(InProcessVecEnv):
     """``num_envs`` DMCEnvs stepped in a loop in this process; env k is seeded ``seed + k``."""
-
-    backend = "gymnasium"
 
     def __init__(self, task_name: str, num_envs: int, seed: int, *, obs_dim: int | None = None,
                  act_dim: int | None = None, action_repeat: int = 1) -> None:
-        self.num_envs = num_envs
-        self.envs = [DMCEnv(task_name, seed + k, obs_dim=obs_dim, act_dim=act_dim, action_repeat=action_repeat)
-                     for k in range(num_envs)]
-        self.obs_dim, self.act_dim = self.envs[0].obs_dim, self.envs[0].act_dim
-
-    def reset(self) -> np.ndarray:
-        return np.stack([env.reset()[0] for env in self.envs])
-
-    def step(self, actions: np.ndarray) -> VecStep:
-        final_obs = np.empty((self.num_envs, self.obs_dim), np.float32)
-        reward = np.empty(self.num_envs, np.float32)
-        terminated = np.empty(self.num_envs, bool)
-        truncated = np.empty(self.num_envs, bool)
-        for k, env in enumerate(self.envs):
-            final_obs[k], reward[k], terminated[k], truncated[k], _ = env.step(actions[k])
-        obs = final_obs.copy()
-        for k in np.flatnonzero(terminated | truncated):
-            obs[k] = self.envs[k].reset()[0]
-        return VecStep(obs, reward, terminated, truncated, np.zeros(self.num_envs, bool), final_obs)
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        super().__init__([DMCEnv(task_name, seed + k, obs_dim=obs_dim, act_dim=act_dim, action_repeat=action_repeat)
+                          for k in range(num_envs)])
+        self.act_dim = self.envs[0].act_dim
 
 
 class _CheetahBackwardReward:
@@ -310,17 +288,13 @@ class _CheetahBackwardReward:
         return out
 
 
-class DMCEnvPoolVecEnv:
+class DMCEnvPoolVecEnv(EnvPoolVecEnvBase):
     """EnvPool's C++ dm_control behind crl's VecEnv contract, with DMCEnv's layout and action map.
 
     EnvPool's ``frame_skip`` is dm_control's physics substeps per control step (10 for walker),
     not an action repeat, so it is left at its default; action repeat steps the pool repeatedly,
-    summing rewards. EnvPool resets an env on the ``step`` call *after* its episode ended; for
-    same-step autoreset the ended envs are stepped once more at once, alone, as in Meta-World's
-    EnvPoolVecEnv.
+    summing rewards. Same-step autoreset: envs/vector.py.
     """
-
-    backend = "envpool"
 
     def __init__(self, task_name: str, num_envs: int, seed: int, *, obs_dim: int | None = None,
                  act_dim: int | None = None, action_repeat: int = 1) -> None:
@@ -328,25 +302,20 @@ class DMCEnvPoolVecEnv:
         _check_action_repeat(action_repeat)
         import envpool
 
-        self.num_envs, self.action_repeat = num_envs, action_repeat
+        self.action_repeat = action_repeat
         self.obs_dim, self.act_dim = _padded_dims(task_name, obs_dim, act_dim)
         self._layout, low, high = _dm_spec(task_name)
         self._action_map = _ActionMap(low, high)
-        self._pool = envpool.make(envpool_task_id(task_name), env_type="gymnasium", num_envs=num_envs, seed=seed,
-                                  max_episode_steps=EPISODE_ENV_STEPS)
+        super().__init__(envpool.make(envpool_task_id(task_name), env_type="gymnasium", num_envs=num_envs, seed=seed,
+                                      max_episode_steps=EPISODE_ENV_STEPS), num_envs)
         spaces = self._pool.observation_space.spaces
         mismatch = [key for key, size in self._layout if key not in spaces or int(np.prod(spaces[key].shape)) != size]
         if mismatch:
             raise RuntimeError(f"EnvPool's {envpool_task_id(task_name)} lacks dm_control's observation keys {mismatch}")
         self._reward_fn = _CheetahBackwardReward() if task_name == "cheetah-run_backward" else None
-        self._all_ids = np.arange(num_envs)
 
-    def _flat(self, obs: dict[str, np.ndarray], env_ids: np.ndarray) -> np.ndarray:
-        return _in_env_order(_flatten(obs, self._layout, self.obs_dim), env_ids)
-
-    def reset(self) -> np.ndarray:
-        obs, info = self._pool.reset()
-        return self._flat(obs, info["env_id"])
+    def _rows(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return _flatten(obs, self._layout, self.obs_dim)
 
     def step(self, actions: np.ndarray) -> VecStep:
         control = self._action_map(actions)
@@ -360,23 +329,14 @@ class DMCEnvPoolVecEnv:
             env_ids = info["env_id"]
             if self._reward_fn is not None:
                 step_reward = self._reward_fn(obs)
-            final_obs[env_ids] = _flatten(obs, self._layout, self.obs_dim)
+            final_obs[env_ids] = self._rows(obs)
             reward[env_ids] += step_reward
             terminated[env_ids], truncated[env_ids] = step_terminated, step_truncated
             ids = np.flatnonzero(~(terminated | truncated))
             if not len(ids):
                 break
-        next_obs = final_obs.copy()
-        done_ids = np.flatnonzero(terminated | truncated)
-        if len(done_ids):
-            reset_obs, _, _, _, reset_info = self._pool.step(np.zeros((len(done_ids), control.shape[1])), done_ids)
-            if np.any(reset_info["elapsed_step"] != 0):
-                raise RuntimeError("EnvPool did not reset the envs whose episode ended")
-            next_obs[reset_info["env_id"]] = _flatten(reset_obs, self._layout, self.obs_dim)
+        next_obs = self._autoreset(final_obs, terminated | truncated, control)
         return VecStep(next_obs, reward, terminated, truncated, np.zeros(self.num_envs, bool), final_obs)
-
-    def close(self) -> None:
-        self._pool.close()
 
 
 def make_dmc_vec(task_name: str, n: int, seed: int, backend: str = "auto", *, obs_dim: int | None = None,
@@ -426,6 +386,7 @@ def dmc_sequence(name: str, task_names: tuple[str, ...], steps_per_task: int, ac
                     description=SEQUENCES[name] if description is None else description)
 
 
+@custom_sequences("dmc:", "<task>,... with DMC tasks")
 def custom_dmc_sequence(spec: str, name: str) -> Sequence:
     """``--seq dmc:walker-walk,walker-run``: the named DMC tasks in order, 1M env steps each."""
     task_names = tuple(t.strip() for t in spec.split(",") if t.strip())
@@ -443,35 +404,19 @@ DMC_CHEETAH = ("cheetah-run", "cheetah-run_backward")
 # L2M's DMC6 fine-tuning tasks (the list with reacher-easy, so that DMC10 + DMC6 are 16 distinct tasks).
 DMC6 = ("ball_in_cup-catch", "cartpole-swingup", "cheetah-run", "finger-spin", "reacher-easy", "walker-walk")
 
-
-@sequence("dmc-walker", "continual DMC (Plasticine): walker stand, walk, run; 1M env steps each, action repeat 1")
-def _dmc_walker() -> Sequence:
-    return dmc_sequence("dmc-walker", DMC_WALKER, DMC_STEPS_PER_TASK)
-
-
-@sequence("dmc-quadruped", "continual DMC (Plasticine): quadruped walk, run, walk again; 1M env steps each, "
-          "action repeat 1")
-def _dmc_quadruped() -> Sequence:
-    return dmc_sequence("dmc-quadruped", DMC_QUADRUPED, DMC_STEPS_PER_TASK)
-
-
-@sequence("dmc-dog", "continual DMC (Plasticine): dog stand, walk, run, trot; 1M env steps each, action repeat 1")
-def _dmc_dog() -> Sequence:
-    return dmc_sequence("dmc-dog", DMC_DOG, DMC_STEPS_PER_TASK)
-
-
-@sequence("dmc-cheetah", "cheetah run, then run backward (URLB's task; dm_control has one cheetah task); "
-          "1M env steps each, action repeat 1")
-def _dmc_cheetah() -> Sequence:
-    return dmc_sequence("dmc-cheetah", DMC_CHEETAH, DMC_STEPS_PER_TASK)
-
-
-@sequence("dmc6", "L2M's DMC6 (six domains, padded to 24-d obs / 6-d actions); 100k env steps each, "
-          "action repeat 1")
-def _dmc6() -> Sequence:
-    return dmc_sequence("dmc6", DMC6, DMC6_STEPS_PER_TASK)
-
-
-@sequence("dmc2", "walker stand, walk with a short budget (2,000 steps each), for smoke tests")
-def _dmc2() -> Sequence:
-    return dmc_sequence("dmc2", DMC_WALKER[:2], 2_000)
+# The registered DMC sequences: name -> (tasks, steps per task, description).
+DMC_SEQUENCES: dict[str, tuple[tuple[str, ...], int, str]] = {
+    "dmc-walker": (DMC_WALKER, DMC_STEPS_PER_TASK,
+                   "continual DMC (Plasticine): walker stand, walk, run; 1M env steps each, action repeat 1"),
+    "dmc-quadruped": (DMC_QUADRUPED, DMC_STEPS_PER_TASK, "continual DMC (Plasticine): quadruped walk, run, walk "
+                      "again; 1M env steps each, action repeat 1"),
+    "dmc-dog": (DMC_DOG, DMC_STEPS_PER_TASK,
+                "continual DMC (Plasticine): dog stand, walk, run, trot; 1M env steps each, action repeat 1"),
+    "dmc-cheetah": (DMC_CHEETAH, DMC_STEPS_PER_TASK, "cheetah run, then run backward (URLB's task; dm_control has "
+                    "one cheetah task); 1M env steps each, action repeat 1"),
+    "dmc6": (DMC6, DMC6_STEPS_PER_TASK,
+             "L2M's DMC6 (six domains, padded to 24-d obs / 6-d actions); 100k env steps each, action repeat 1"),
+    "dmc2": (DMC_WALKER[:2], 2_000, "walker stand, walk with a short budget (2,000 steps each), for smoke tests"),
+}
+for _name, (_tasks, _steps, _description) in DMC_SEQUENCES.items():
+    sequence(_name, _description)(functools.partial(dmc_sequence, _name, _tasks, _steps))

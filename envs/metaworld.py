@@ -6,9 +6,10 @@ frozen position. This module restores CW's conventions:
 
 - ``MetaWorldEnv``: one goal-observable Meta-World v3 task as a plain ``gymnasium.Env``
   (float32 observations, ``info["success"]`` as bool, ``reset(seed=...)`` that really reseeds).
-- ``GymnasiumVecEnv`` / ``EnvPoolVecEnv``: crl ``VecEnv`` s with same-step autoreset, on
-  in-process Python envs or on EnvPool's C++ port (several times faster).
+- ``GymnasiumVecEnv`` / ``EnvPoolVecEnv``: crl ``VecEnv`` s with same-step autoreset (envs/vector.py),
+  on in-process Python envs or on EnvPool's C++ port (several times faster).
 - ``make_vec``, ``metaworld_task``, ``expert_policy``.
+- Continual World's sequences (``cw10``, ``cw20``, ``cw2``) and ``mw:<task>,...`` custom ones.
 
 ``metaworld`` and ``envpool`` are imported lazily so that importing this module stays cheap.
 """
@@ -16,13 +17,15 @@ frozen position. This module restores CW's conventions:
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any, Callable
 
 import gymnasium
 import numpy as np
 
-from crl.core import Task, UsageError, VecStep
+from crl.core import Sequence, Task, UsageError, VecStep
+
+from .sequences import SEQUENCES, custom_sequences, sequence
+from .vector import EnvPoolVecEnvBase, InProcessVecEnv, in_env_order, random_seed, resolve_backend
 
 CW10 = (
     "hammer-v3",
@@ -37,9 +40,9 @@ CW10 = (
     "peg-unplug-side-v3",
 )
 EPISODE_LEN = 200
+CW_STEPS_PER_TASK = 1_000_000  # Continual World's budget per task (env steps)
 OBS_DIM = 39
 ACT_DIM = 4
-BACKENDS = ("auto", "envpool", "gymnasium")
 
 # All Meta-World v3 task names, spelled out so that callers (gymnasium registration) need not
 # import metaworld; tests/test_envs.py checks the list against the installed metaworld.
@@ -79,11 +82,6 @@ def envpool_task_id(task_name: str) -> str:
     return f"MetaWorld/{_camel_case(task_name)}-v3"
 
 
-def _random_seed() -> int:
-    """A fresh seed from OS entropy, for envs built without one."""
-    return int(np.random.SeedSequence().generate_state(1)[0])
-
-
 class MetaWorldEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     """One goal-observable Meta-World v3 task with Continual World's episode conventions.
 
@@ -104,7 +102,7 @@ class MetaWorldEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.episode_len = episode_len
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
-        seed = _random_seed() if seed is None else seed
+        seed = random_seed() if seed is None else seed
         # Passing a seed makes the constructor restore the global np.random state it uses.
         env_class = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task_name}-goal-observable"]
         self._env = env_class(seed=seed)
@@ -135,110 +133,47 @@ class MetaWorldEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._env.close()
 
 
-class GymnasiumVecEnv:
-    """``num_envs`` MetaWorldEnvs stepped in a loop in this process; env k is seeded ``seed + k``.
-
-    In-process rather than in subprocesses: on few CPU cores the IPC costs more than it saves.
-    """
-
-    backend = "gymnasium"
+class GymnasiumVecEnv(InProcessVecEnv):
+    """``num_envs`` MetaWorldEnvs stepped in a loop in this process; env k is seeded ``seed + k``."""
 
     def __init__(self, task_name: str, num_envs: int, seed: int) -> None:
-        self.num_envs = num_envs
-        self.envs = [MetaWorldEnv(task_name, seed=seed + k) for k in range(num_envs)]
-
-    def reset(self) -> np.ndarray:
-        return np.stack([env.reset()[0] for env in self.envs])
-
-    def step(self, actions: np.ndarray) -> VecStep:
-        final_obs = np.empty((self.num_envs, OBS_DIM), np.float32)
-        reward = np.empty(self.num_envs, np.float32)
-        terminated = np.empty(self.num_envs, bool)
-        truncated = np.empty(self.num_envs, bool)
-        success = np.empty(self.num_envs, bool)
-        for k, env in enumerate(self.envs):
-            final_obs[k], reward[k], terminated[k], truncated[k], info = env.step(actions[k])
-            success[k] = info["success"]
-        obs = final_obs.copy()
-        for k in np.flatnonzero(terminated | truncated):
-            obs[k] = self.envs[k].reset()[0]
-        return VecStep(obs, reward, terminated, truncated, success, final_obs)
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        super().__init__([MetaWorldEnv(task_name, seed=seed + k) for k in range(num_envs)])
 
 
-class EnvPoolVecEnv:
-    """EnvPool's C++ Meta-World behind crl's VecEnv contract.
-
-    EnvPool resets an env on the ``step`` call *after* its episode ended (ignoring the action).
-    For same-step autoreset, the envs that just ended are stepped once more at once, alone
-    (EnvPool's sync mode accepts a subset of env ids), and their reset observations replace
-    the final ones in ``obs``.
-    """
-
-    backend = "envpool"
+class EnvPoolVecEnv(EnvPoolVecEnvBase):
+    """EnvPool's C++ Meta-World behind crl's VecEnv contract (same-step autoreset: envs/vector.py)."""
 
     def __init__(self, task_name: str, num_envs: int, seed: int) -> None:
         check_task_name(task_name)
         import envpool
 
-        self.num_envs = num_envs
-        self._pool = envpool.make(
+        super().__init__(envpool.make(
             envpool_task_id(task_name),
             env_type="gymnasium",
             num_envs=num_envs,
             seed=seed,
             max_episode_steps=EPISODE_LEN,
             partially_observable=False,  # EnvPool's default zeroes the goal: push tasks become unsolvable
-        )
-        self._all_ids = np.arange(num_envs)
+        ), num_envs)
 
-    def reset(self) -> np.ndarray:
-        obs, info = self._pool.reset()
-        return _in_env_order(obs, info["env_id"])
+    def _rows(self, obs: np.ndarray) -> np.ndarray:
+        return np.asarray(obs, np.float32)
 
     def step(self, actions: np.ndarray) -> VecStep:
-        obs, reward, terminated, truncated, info = self._pool.step(np.asarray(actions, np.float32), self._all_ids)
+        actions = np.asarray(actions, np.float32)
+        obs, reward, terminated, truncated, info = self._pool.step(actions, self._all_ids)
         env_ids = info["env_id"]
-        final_obs = _in_env_order(obs, env_ids)
-        terminated = _in_env_order(terminated, env_ids)
-        truncated = _in_env_order(truncated, env_ids)
-        next_obs = final_obs.copy()
-        done_ids = np.flatnonzero(terminated | truncated)
-        if len(done_ids):
-            reset_obs, _, _, _, reset_info = self._pool.step(np.zeros((len(done_ids), ACT_DIM), np.float32), done_ids)
-            if np.any(reset_info["elapsed_step"] != 0):
-                raise RuntimeError("EnvPool did not reset the envs whose episode ended")
-            next_obs[reset_info["env_id"]] = reset_obs
+        final_obs = in_env_order(self._rows(obs), env_ids)
+        terminated = in_env_order(terminated, env_ids)
+        truncated = in_env_order(truncated, env_ids)
         return VecStep(
-            obs=next_obs,
-            reward=_in_env_order(reward, env_ids),
+            obs=self._autoreset(final_obs, terminated | truncated, actions),
+            reward=in_env_order(reward, env_ids),
             terminated=terminated,
             truncated=truncated,
-            success=_in_env_order(info["success"], env_ids) > 0,
+            success=in_env_order(info["success"], env_ids) > 0,
             final_obs=final_obs,
         )
-
-    def close(self) -> None:
-        self._pool.close()
-
-
-def _in_env_order(values: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
-    """Rows of an EnvPool batch in env-id order, floats (float64 obs) as float32."""
-    out = np.empty_like(values, dtype=np.float32 if values.dtype.kind == "f" else values.dtype)
-    out[env_ids] = values
-    return out
-
-
-@functools.cache
-def envpool_available() -> bool:
-    try:
-        importlib.import_module("envpool")
-    except ImportError:
-        return False
-    return True
 
 
 # Tasks where EnvPool's C++ port disagrees with Python Meta-World 3.1.1 (EnvPool 1.2.5, the noise-free
@@ -258,15 +193,6 @@ def task_backend(task_name: str, backend: str) -> str:
     if resolved == "envpool" and task_name in ENVPOOL_MISMATCHED and backend == "auto":
         return "gymnasium"
     return resolved
-
-
-def resolve_backend(backend: str) -> str:
-    """"auto" -> "envpool" when EnvPool imports, else "gymnasium"; named backends are checked."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend '{backend}'; allowed: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "envpool" if envpool_available() else "gymnasium"
-    return backend
 
 
 def make_vec(task_name: str, n: int, seed: int, backend: str = "auto") -> GymnasiumVecEnv | EnvPoolVecEnv:
@@ -306,3 +232,34 @@ def expert_policy(task_name: str) -> Callable[[np.ndarray], np.ndarray]:
         return np.asarray(policy.get_action(np.asarray(obs, np.float64)), np.float32)
 
     return act
+
+
+def metaworld_sequence(name: str, task_names: tuple[str, ...], steps_per_task: int,
+                       description: str | None = None) -> Sequence:
+    """A sequence of Meta-World tasks; each position is its own Task (index = position)."""
+    tasks = tuple(metaworld_task(task, index, len(task_names)) for index, task in enumerate(task_names))
+    return Sequence(name=name, tasks=tasks, steps_per_task=steps_per_task,
+                    description=SEQUENCES[name] if description is None else description)
+
+
+@custom_sequences("mw:", "<task>,<task>,... with Meta-World v3 tasks")
+def custom_metaworld_sequence(spec: str, name: str) -> Sequence:
+    """``--seq mw:reach-v3,window-close-v3``: the named Meta-World v3 tasks in order, CW's budget each."""
+    task_names = tuple(t.strip() for t in spec.split(",") if t.strip())
+    unknown = [t for t in task_names if t not in V3_TASK_NAMES]
+    if not task_names or unknown:
+        raise UsageError(f"custom sequence '{name}': unknown Meta-World task(s) {', '.join(unknown) or '(none given)'}; "
+                         f"allowed: {', '.join(V3_TASK_NAMES)}")
+    return metaworld_sequence(name, task_names, CW_STEPS_PER_TASK,
+                              f"custom Meta-World sequence of {len(task_names)} tasks, 1M steps each (CW protocol)")
+
+
+# The registered Meta-World sequences: name -> (tasks, steps per task, description).
+CW_SEQUENCES: dict[str, tuple[tuple[str, ...], int, str]] = {
+    "cw10": (CW10, CW_STEPS_PER_TASK, "Continual World CW10: ten Meta-World v3 tasks, 1M steps each"),
+    "cw20": (CW10 + CW10, CW_STEPS_PER_TASK,
+             "Continual World CW20: CW10 twice (positions 10-19 repeat 0-9), 1M steps each"),
+    "cw2": (CW10[:2], 2_000, "first two CW10 tasks with a short budget, for smoke tests"),
+}
+for _name, (_tasks, _steps, _description) in CW_SEQUENCES.items():
+    sequence(_name, _description)(functools.partial(metaworld_sequence, _name, _tasks, _steps))

@@ -20,7 +20,7 @@ import torch
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
 from crl.envs import make_sequence
-from crl.envs.metaworld import resolve_backend
+from crl.envs.vector import BACKENDS, resolve_backend
 from crl.evaluate import Evaluator
 
 
@@ -51,7 +51,7 @@ def train_seconds_per_step(agent: SAC, task, backend: str, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="auto", choices=["auto", "envpool", "gymnasium"])
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (CW: 10)")
     parser.add_argument("--eval-every", type=int, default=20_000, help="env steps between evaluations (CW: 20k)")
     parser.add_argument("--train-steps", type=int, default=1000, help="timed training steps (a multiple of 50)")

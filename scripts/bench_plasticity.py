@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from crl.agents.arr import AdaptiveReplayRatio, ARRConfig
+from crl.agents import agent_class, make_agent_config
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
 
@@ -42,19 +42,19 @@ def main() -> None:
         "probes off": SAC(obs_dim, act_dim, 10, SACConfig(plasticity_every=0), device),
         "probes every 1000 (default)": SAC(obs_dim, act_dim, 10, SACConfig(), device),
         "probes every step": SAC(obs_dim, act_dim, 10, SACConfig(plasticity_every=1), device),
-        "ARR (critic FAU every step)": AdaptiveReplayRatio(obs_dim, act_dim, 10, ARRConfig(), device),
+        "ARR (critic FAU every step)": agent_class("arr")(obs_dim, act_dim, 10, make_agent_config("arr"), device),
     }
     seconds = dict.fromkeys(agents, 0.0)
     per_round = args.updates // args.rounds
     for agent in agents.values():
         filled(agent, obs_dim, act_dim)
         for _ in range(20):
-            agent._gradient_step()
+            agent.gradient_step()
     for _ in range(args.rounds):
         for name, agent in agents.items():
             start = time.perf_counter()
             for _ in range(per_round):
-                agent._gradient_step()
+                agent.gradient_step()
             seconds[name] += time.perf_counter() - start
     n = per_round * args.rounds
     base = n / seconds["probes off"]

@@ -25,7 +25,7 @@ Both agents are measured in the same run, on the same machine, under the same co
 - Same torch thread count (``--threads``). The default ``1,2`` measures every contender at 1 and then at
   2 threads (the two cores of the reference machine) in the same run (``torch.set_num_threads`` between).
 - Separately, the pure gradient-update rate (env excluded) on the filled buffer: crl
-  ``agent._gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
+  ``agent.gradient_step()`` × N, SB3 ``model.train(gradient_steps=N, batch_size=128)``.
 
 Networks, ``--arch`` (default: both, in the same run):
 
@@ -59,7 +59,8 @@ import torch
 
 from crl.core import Transitions
 from crl.loop import seed_everything
-from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task, resolve_backend
+from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task
+from crl.envs.vector import resolve_backend
 
 
 class CrlContender:
@@ -114,7 +115,7 @@ class CrlContender:
 
     def run_updates(self, n: int) -> None:
         for _ in range(n):
-            self.agent._gradient_step()
+            self.agent.gradient_step()
 
     def close(self) -> None:
         self.env.close()

@@ -5,24 +5,34 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crl.agents.arr import AdaptiveReplayRatio, ARRConfig
+from crl.agents import agent_class, make_agent_config
+from crl.agents.sac import SAC
 from crl.core import Transitions, UsageError
 from crl.envs import make_sequence
 
 OBS, ACT = 39, 4
 
 
-def make(**overrides) -> AdaptiveReplayRatio:
+def make(**overrides) -> SAC:
+    """SAC with the ARR extension (the ``arr`` agent), small."""
     torch.manual_seed(0)
-    cfg = ARRConfig(**{"hidden_sizes": (16, 16), "batch_size": 8, "start_steps": 0, "update_after": 0,
-                       "check_interval": 10, "plasticity_every": 0, **overrides})
-    agent = AdaptiveReplayRatio(OBS, ACT, 2, cfg, torch.device("cpu"))
+    cfg = make_agent_config("arr")
+    for key, value in {"hidden_sizes": (16, 16), "batch_size": 8, "start_steps": 0, "update_after": 0,
+                       "check_interval": 10, "plasticity_every": 0, **overrides}.items():
+        setattr(cfg, key, value)
+    agent = agent_class("arr")(OBS, ACT, 2, cfg, torch.device("cpu"))
     agent.begin_task(make_sequence("cw2").tasks[0])
-    agent.episode_len = 4  # paper_faithful's window: the last "episode" = the last 4 env steps
+    rule(agent).episode_len = 4  # paper_faithful's window: the last "episode" = the last 4 env steps
     return agent
 
 
-def drive(agent: AdaptiveReplayRatio, fau_values: list[float], steps: int) -> list[float]:
+def rule(agent):
+    """The agent's Adaptive Replay Ratio extension."""
+    (arr,) = agent.extensions
+    return arr
+
+
+def drive(agent: SAC, fau_values: list[float], steps: int) -> list[float]:
     """Step one transition at a time with the critic's FAU scripted; returns the ratio after each step."""
     values = iter(fau_values)
     agent.probes["critic"].fau = lambda: next(values)
@@ -50,7 +60,7 @@ def test_paper_faithful_compares_the_last_episode_with_the_previous_check():
     # 0.6: change 0.0005 ≤ 0.001 → switch at step 20, although the interval's mean moved far more.
     faus = [0.9, 0.1, 0.1, 0.6, 0.6] + [0.2, 0.2, 0.2, 0.6005, 0.6005]
     ratios = drive(agent, faus + [0.5] * 100, 22)
-    assert ratios[9] == 0.5 and ratios[19] == 2.0 and agent.switched_at == [(0, 20)]
+    assert ratios[9] == 0.5 and ratios[19] == 2.0 and rule(agent).switched_at == [(0, 20)]
     assert agent.gradient_steps == 10 + 2 * 2  # two steps at RR 2 after the switch
 
 
@@ -58,21 +68,21 @@ def test_whole_interval_averages_every_update_since_the_last_check():
     faus = [0.9, 0.1, 0.1, 0.6, 0.6] + [0.2, 0.2, 0.2, 0.6005, 0.6005]
     agent = make(mode="whole_interval")
     drive(agent, faus + [0.5] * 100, 22)
-    assert not agent.switched  # interval means 0.46 then 0.36: never within τ
+    assert not rule(agent).switched  # interval means 0.46 then 0.36: never within τ
     agent = make(mode="whole_interval")
     drive(agent, [0.5] * 100, 12)
-    assert agent.switched_at == [(0, 10)]  # a flat FAU: strictly below τ at the first check
+    assert rule(agent).switched_at == [(0, 10)]  # a flat FAU: strictly below τ at the first check
 
 
 def test_static_ratio_never_switches_and_rearm_on_task():
     static = make(adaptive=False, replay_ratio=2.0)
     drive(static, [0.5] * 100, 30)
-    assert static.replay_ratio == 2.0 and static.switched_at == [] and static.gradient_steps == 60
+    assert static.replay_ratio == 2.0 and rule(static).switched_at == [] and static.gradient_steps == 60
     agent = make(mode="whole_interval")
     drive(agent, [0.5] * 100, 12)
     assert agent.replay_ratio == 2.0
     agent.begin_task(make_sequence("cw2").tasks[1])
-    assert agent.replay_ratio == 0.5 and not agent.switched and agent.reference_fau is None
+    assert agent.replay_ratio == 0.5 and not rule(agent).switched and rule(agent).reference_fau is None
 
 
 def test_state_round_trip_and_bad_mode():
@@ -80,7 +90,7 @@ def test_state_round_trip_and_bad_mode():
     drive(agent, [0.5] * 100, 12)
     clone = make()
     clone.load_state_dict(agent.state_dict())
-    assert clone.replay_ratio == 2.0 and clone.switched_at == [(0, 10)] and clone.next_check == agent.next_check
+    assert clone.replay_ratio == 2.0 and rule(clone).switched_at == [(0, 10)] and rule(clone).next_check == rule(agent).next_check
     with pytest.raises(UsageError, match="unknown ARR mode 'fast'; allowed: paper_faithful, whole_interval"):
         make(mode="fast")
 

@@ -7,14 +7,7 @@ import json
 import pytest
 import torch
 
-from crl.agents import make_agent_config
-from crl.agents.agem import AGEM, AGEMConfig
-from crl.agents.clonex import ClonEx, ClonExConfig
-from crl.agents.episodic_memory import EpisodicMemoryConfig, EpisodicMemorySAC
-from crl.agents.kickstart import Kickstart, KickstartConfig
-from crl.agents.packnet import PackNet, PackNetConfig
-from crl.agents.regularization import RegularizedSAC, RegularizedSACConfig
-from crl.agents.vcl import VCL, VCLConfig
+from crl.agents import agent_class, make_agent_config
 from crl.continual import BayesianLinear, agem_project, ewc_importance, mas_importance
 from crl.core import Transitions
 from crl.envs import make_sequence
@@ -23,12 +16,24 @@ from crl.replay import ReplayBuffer
 OBS, ACT, TASKS = 39, 4, 3
 SMALL = {"hidden_sizes": (32, 32, 32), "batch_size": 32, "start_steps": 0, "update_after": 0, "update_every": 1}
 SAC_FAMILY = ["sac", "l2", "ewc", "mas", "vcl", "packnet", "agem", "perfect-memory", "episodic-memory", "clonex",
-              "kickstart"]
+              "kickstart", "arr"]
 
 
-def build(cls, cfg_cls, **overrides):
+def build(name: str, **overrides):
+    """A small agent by its registered name (``ewc``, ``sac+ewc+episodic-memory``), settings overridden."""
     torch.manual_seed(0)
-    return cls(OBS, ACT, TASKS, cfg_cls(**{**SMALL, **overrides}), torch.device("cpu"))
+    cfg = make_agent_config(name)
+    for key, value in {**SMALL, **overrides}.items():
+        setattr(cfg, key, value)
+    return agent_class(name)(OBS, ACT, TASKS, cfg, torch.device("cpu"))
+
+
+def piece(agent, name: str | None = None):
+    """The agent's extension called ``name`` (default: its only one)."""
+    if name is None:
+        (ext,) = agent.extensions
+        return ext
+    return next(e for e in agent.extensions if e.name == name)
 
 
 def transitions(n: int, task: int, shift: float = 0.0) -> Transitions:
@@ -42,17 +47,21 @@ def train_task(agent, task_index: int, steps: int, shift: float = 0.0) -> None:
     agent.begin_task(task)
     agent.observe(transitions(256, task_index, shift))
     for _ in range(steps):
-        agent._gradient_step()
+        agent.gradient_step()
+    for phase in agent.phases(task):  # what the loop does between a task's budget and its end_task
+        agent.begin_phase(phase, task)
+        for _ in range(phase.steps):
+            agent.phase_step(phase)
+        agent.end_phase(phase, task)
     agent.end_task(task)
 
 
 # -- regularisers -----------------------------------------------------------------------------------
 
 def test_ewc_penalty_zero_at_anchor_and_grows_along_high_fisher_directions():
-    agent = build(RegularizedSAC, RegularizedSACConfig, method="ewc", reg_coef=1.0,
-                  importance_batches=1, importance_batch_size=64)
+    agent = build("ewc", reg_coef=1.0, importance_batches=1, importance_batch_size=64)
     train_task(agent, 0, 5)
-    reg = agent.regularizer
+    reg = piece(agent).regularizer
     assert reg.penalty().item() == 0.0  # at the anchor
     name = "body.0.weight"
     fisher = reg.weights[name].flatten()
@@ -73,7 +82,7 @@ def test_ewc_penalty_zero_at_anchor_and_grows_along_high_fisher_directions():
 
 def test_ewc_fisher_and_mas_importance_match_a_per_sample_loop():
     """The vmapped Jacobians equal per-sample autograd, formula by formula (CW's ewc.py / mas.py)."""
-    agent = build(RegularizedSAC, RegularizedSACConfig)
+    agent = build("ewc")
     obs = torch.randn(5, OBS)
     names = ["body.0.weight", "body.3.bias"]
     params = dict(agent.actor.named_parameters())
@@ -101,38 +110,41 @@ def test_ewc_fisher_and_mas_importance_match_a_per_sample_loop():
 
 
 def test_l2_penalty_is_the_squared_distance_summed_over_tasks():
-    agent = build(RegularizedSAC, RegularizedSACConfig, method="l2", reg_coef=2.0)
+    agent = build("l2", reg_coef=2.0)
+    l2 = piece(agent)
     train_task(agent, 0, 2)
     train_task(agent, 1, 2)  # two consolidations: weight 1 + 1
-    anchors = {n: p.detach().clone() for n, p in agent.regularized.items()}
+    anchors = {n: p.detach().clone() for n, p in l2.regularized.items()}
     with torch.no_grad():
-        for p in agent.regularized.values():
+        for p in l2.regularized.values():
             p.add_(0.01)
-    expected = 2.0 * 2 * sum(((p - anchors[n]) ** 2).sum() for n, p in agent.regularized.items())
-    assert agent.regularizer.penalty().item() == pytest.approx(expected.item(), rel=1e-4)
-    assert all(not n.startswith("head") for n in agent.regularized)  # heads are not regularised (CW)
+    expected = 2.0 * 2 * sum(((p - anchors[n]) ** 2).sum() for n, p in l2.regularized.items())
+    assert l2.regularizer.penalty().item() == pytest.approx(expected.item(), rel=1e-4)
+    assert all(not n.startswith("head") for n in l2.regularized)  # heads are not regularised (CW)
 
 
 # -- PackNet ----------------------------------------------------------------------------------------
 
 def test_packnet_first_task_weights_bit_identical_after_training_the_second():
-    agent = build(PackNet, PackNetConfig, retrain_steps=5, clip_grad_norm=None)
+    agent = build("packnet", retrain_steps=5, clip_grad_norm=None)
+    masks = piece(agent).masks
     train_task(agent, 0, 10)
-    owner = agent.masks.owner
+    owner = masks.owner
     kept = {n: (owner[n] == 0) for n in owner}
     assert all(0.3 < float(m.float().mean()) < 0.37 for m in kept.values())  # 3 tasks: task 0 keeps 1/3
-    before = {n: p.detach().clone() for n, p in agent.masks.matrices.items()}
-    others_before = {n: p.detach().clone() for n, p in agent.masks.others.items()}
+    before = {n: p.detach().clone() for n, p in masks.matrices.items()}
+    others_before = {n: p.detach().clone() for n, p in masks.others.items()}
     train_task(agent, 1, 20, shift=1.0)
-    for n, p in agent.masks.matrices.items():
+    for n, p in masks.matrices.items():
         assert torch.equal(p[kept[n]], before[n][kept[n]])  # task 0's entries: untouched
         assert not torch.equal(p[owner[n] == 1], before[n][owner[n] == 1])  # task 1's entries: trained
-    for n, p in agent.masks.others.items():
+    for n, p in masks.others.items():
         assert torch.equal(p, others_before[n])  # biases and LayerNorm frozen after task 0
 
 
 def test_packnet_evaluates_each_task_with_its_own_weights():
-    agent = build(PackNet, PackNetConfig, retrain_steps=0)
+    agent = build("packnet", retrain_steps=0)
+    masks = piece(agent).masks
     train_task(agent, 0, 5)
     train_task(agent, 1, 5, shift=1.0)
     agent.begin_task(make_sequence("cw10").tasks[2])
@@ -142,8 +154,8 @@ def test_packnet_evaluates_each_task_with_its_own_weights():
     for t in range(3):
         alone = agent.act(obs[rows == t], t, explore=False, deterministic=True)
         assert torch.allclose(batched[rows == t], alone, atol=1e-6)
-    view0 = agent.masks.view(0)
-    assert all(torch.count_nonzero(w[agent.masks.owner[n] > 0]) == 0 for n, w in view0.items())
+    view0 = masks.view(0)
+    assert all(torch.count_nonzero(w[masks.owner[n] > 0]) == 0 for n, w in view0.items())
 
 
 # -- A-GEM --------------------------------------------------------------------------------------------
@@ -160,7 +172,8 @@ def test_agem_projection_has_non_negative_inner_product_with_the_memory_gradient
 
 
 def test_agem_step_never_points_against_the_memory():
-    agent = build(AGEM, AGEMConfig, memory_per_task=100, memory_batch_size=64, multihead=False)
+    agent = build("agem", memory_per_task=100, memory_batch_size=64, multihead=False)
+    agem = piece(agent)
     tasks = make_sequence("cw10").tasks
     # One head and opposite terminal rewards on the same states: the two tasks' gradients conflict.
     opposite = {0: transitions(128, 0), 1: transitions(128, 1)}
@@ -170,26 +183,26 @@ def test_agem_step_never_points_against_the_memory():
     agent.begin_task(tasks[0])
     agent.observe(opposite[0])
     for _ in range(20):
-        agent._gradient_step()
+        agent.gradient_step()
     agent.end_task(tasks[0])
-    assert len(agent.memory) == 100 and set(agent.memory.data["task_index"].tolist()) == {0}
+    assert len(agem.memory) == 100 and set(agem.memory.data["task_index"].tolist()) == {0}
     agent.begin_task(tasks[1])
     agent.observe(opposite[1])
     violations = 0
     for _ in range(10):
         torch.manual_seed(3)
-        memory_batch = agent.memory.sample(64)
+        memory_batch = agem.memory.sample(64)
         torch.manual_seed(3)
-        loss, _ = agent.sac_losses(agent._sample_batch())
+        loss, _ = agent.sac_losses(agent.sample_batch())
         agent.optimizer.zero_grad()
         loss.backward()
         torch.manual_seed(3)
-        stats = agent._adjust_gradients({})
+        stats = agem.adjust_gradients({})
         torch.manual_seed(3)
-        assert torch.equal(agent.memory.sample(64)["obs"], memory_batch["obs"])
+        assert torch.equal(agem.memory.sample(64)["obs"], memory_batch["obs"])
         ref_loss, _ = agent.sac_losses(memory_batch)
-        ref = torch.autograd.grad(ref_loss, agent.projected)
-        dot = sum((p.grad * r).sum() for p, r in zip(agent.projected, ref))
+        ref = torch.autograd.grad(ref_loss, agem.projected)
+        dot = sum((p.grad * r).sum() for p, r in zip(agem.projected, ref))
         assert dot.item() >= -1e-3 * sum((r * r).sum() for r in ref).item()
         violations += int(stats["agem_violation"])
         agent.optimizer.step()
@@ -197,32 +210,33 @@ def test_agem_step_never_points_against_the_memory():
 
 
 def test_vcl_posterior_of_a_finished_task_becomes_the_prior_and_the_kl_pulls_towards_it():
-    agent = build(VCL, VCLConfig)
-    assert agent._auxiliary_loss({}) is None  # no KL during the first task (CW's reference runs)
+    agent = build("vcl")
+    vcl = piece(agent)
+    assert vcl.loss({}) is None  # no KL during the first task (CW's reference runs)
     train_task(agent, 0, 5)
     posterior = {n: p.detach().clone() for n, p in agent.actor.body.named_parameters()}
     agent.begin_task(make_sequence("cw10").tasks[1])
-    assert agent.kl().item() == 0.0  # prior = posterior at the switch
-    for layer in agent.regularized_layers:
+    assert vcl.kl().item() == 0.0  # prior = posterior at the switch
+    for layer in vcl.regularized_layers:
         name = next(n.rsplit(".", 1)[0] for n, m in agent.actor.body.named_modules() if m is layer)
         assert torch.equal(layer.prior_weight_mean, posterior[f"{name}.weight_mean"])
         assert torch.equal(layer.prior_weight_logvar, posterior[f"{name}.weight_logvar"])
     # moving one weight mean by δ costs δ² / (2 σ²_prior): the KL is the distance in the prior's metric
-    layer, delta = agent.regularized_layers[1], 0.01
+    layer, delta = vcl.regularized_layers[1], 0.01
     with torch.no_grad():
         layer.weight_mean[0, 0] += delta
     expected = delta ** 2 / (2 * layer.prior_weight_logvar[0, 0].exp())
-    assert torch.allclose(agent.kl(), expected, rtol=1e-3)
+    assert torch.allclose(vcl.kl(), expected, rtol=1e-3)
     assert_auxiliary_loss_falls_on_the_next_task(agent, begin=False)
     # the body's LayerNorm is frozen from the second task on
-    norms = [p.detach().clone() for m in agent.body_norms for p in m.parameters()]
-    agent._gradient_step()
-    assert all(not p.requires_grad for m in agent.body_norms for p in m.parameters())
-    assert all(torch.equal(p, q) for p, q in zip((p for m in agent.body_norms for p in m.parameters()), norms))
-    resumed = build(VCL, VCLConfig)  # a checkpoint keeps the priors, and the freeze
+    norms = [p.detach().clone() for m in vcl.body_norms for p in m.parameters()]
+    agent.gradient_step()
+    assert all(not p.requires_grad for m in vcl.body_norms for p in m.parameters())
+    assert all(torch.equal(p, q) for p, q in zip((p for m in vcl.body_norms for p in m.parameters()), norms))
+    resumed = build("vcl")  # a checkpoint keeps the priors, and the freeze
     resumed.load_state_dict(agent.state_dict())
-    assert torch.equal(resumed.kl(), agent.kl())
-    assert all(not p.requires_grad for m in resumed.body_norms for p in m.parameters())
+    assert torch.equal(piece(resumed).kl(), vcl.kl())
+    assert all(not p.requires_grad for m in piece(resumed).body_norms for p in m.parameters())
 
 
 def test_vcl_samples_weights_at_every_forward_pass_around_the_posterior_means():
@@ -234,28 +248,30 @@ def test_vcl_samples_weights_at_every_forward_pass_around_the_posterior_means():
         layer.bias_logvar.fill_(-60.0)
     assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight_mean, layer.bias_mean), atol=1e-6)
     # the initial prior is N(0, 1); with first_task_kl the first task and the current head are regularised
-    agent = build(VCL, VCLConfig, first_task_kl=True)
+    agent = build("vcl", first_task_kl=True)
+    vcl = piece(agent)
     agent.begin_task(make_sequence("cw10").tasks[0])
     head = agent.actor.head.linear
     rows = slice(0, agent.actor.head.out_dim)
-    assert torch.allclose(agent.kl(), sum(m.kl() for m in agent.regularized_layers) + head.kl(rows))
-    assert agent._auxiliary_loss({}) > 0
+    assert torch.allclose(vcl.kl(), sum(m.kl() for m in vcl.regularized_layers) + head.kl(rows))
+    assert vcl.loss({}) > 0
 
 
 def test_vcl_regularises_a_single_head_like_a_body_layer():
-    agent = build(VCL, VCLConfig, multihead=False)
+    agent = build("vcl", multihead=False)
+    vcl = piece(agent)
     head = agent.actor.head.linear
-    assert head in agent.regularized_layers
+    assert head in vcl.regularized_layers
     train_task(agent, 0, 2)
     agent.begin_task(make_sequence("cw10").tasks[1])
-    assert torch.equal(head.prior_weight_mean, head.weight_mean) and agent.kl().item() == 0.0
+    assert torch.equal(head.prior_weight_mean, head.weight_mean) and vcl.kl().item() == 0.0
 
 
-def test_vcl_rejects_interventions_on_plain_linear_weights():
+def test_vcl_does_not_compose_with_interventions_on_plain_linear_weights():
     from crl.core import UsageError
 
-    with pytest.raises(UsageError, match="vcl does not support redo_every"):
-        build(VCL, VCLConfig, redo_every=10)
+    with pytest.raises(UsageError, match="'vcl' and 'redo' do not compose"):
+        build("vcl+redo")
 
 
 # -- memories and cloning ------------------------------------------------------------------------------
@@ -269,46 +285,47 @@ def assert_auxiliary_loss_falls_on_the_next_task(agent, begin: bool = True) -> N
     with torch.no_grad():
         for p in agent.actor.body.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    losses = [agent._gradient_step()["auxiliary_loss"].item() for _ in range(60)]
+    losses = [agent.gradient_step()["auxiliary_loss"].item() for _ in range(60)]
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
 
 
 def test_clonex_cloning_loss_on_a_past_task_falls_while_training_a_new_task():
-    agent = build(ClonEx, ClonExConfig, memory_per_task=128, memory_batch_size=128, bc_coef=1.0)
+    agent = build("clonex", memory_per_task=128, memory_batch_size=128, bc_coef=1.0)
     train_task(agent, 0, 30)
     assert_auxiliary_loss_falls_on_the_next_task(agent)
 
 
 def test_clonex_explores_with_the_earlier_head_that_returns_most():
-    agent = build(ClonEx, ClonExConfig, start_steps=1000)
+    agent = build("clonex", start_steps=1000)
+    clonex = piece(agent)
     agent.task_index = 3
     obs = torch.randn(2, OBS)
     agent.act(obs, 3, explore=True)
-    assert agent.row_heads.tolist() == [0, 1]  # each earlier head is tried
+    assert clonex.row_heads.tolist() == [0, 1]  # each earlier head is tried
     ended = Transitions(obs=obs, action=torch.zeros(2, ACT), reward=torch.tensor([1.0, 5.0]), next_obs=obs,
                         terminated=torch.zeros(2), truncated=torch.ones(2), task_index=torch.full((2,), 3))
     agent.observe(ended)
-    assert agent.row_heads.tolist() == [2, 1]  # head 2 still untried; then the best so far (1)
+    assert clonex.row_heads.tolist() == [2, 1]  # head 2 still untried; then the best so far (1)
     agent.observe(Transitions(**{**ended.__dict__, "reward": torch.tensor([0.0, 2.0])}))
-    assert agent.head_returns == {0: [1.0], 1: [5.0, 2.0], 2: [0.0]}
-    assert agent.row_heads.tolist() == [1, 1]
+    assert clonex.head_returns == {0: [1.0], 1: [5.0, 2.0], 2: [0.0]}
+    assert clonex.row_heads.tolist() == [1, 1]
 
 
 def test_kickstart_distils_the_previous_policy_on_current_states():
-    agent = build(Kickstart, KickstartConfig, ks_coef=1.0)
+    agent = build("kickstart", ks_coef=1.0)
     train_task(agent, 0, 20)
-    assert agent.teacher is not None and agent.teacher_tasks == 1
+    assert piece(agent).teacher_tasks == 1
     assert_auxiliary_loss_falls_on_the_next_task(agent)
 
 
 def test_episodic_memory_mixes_earlier_tasks_into_every_batch():
-    agent = build(EpisodicMemorySAC, EpisodicMemoryConfig, memory_per_task=50, memory_batch_size=16)
+    agent = build("episodic-memory", memory_per_task=50, memory_batch_size=16)
     train_task(agent, 0, 2)
     agent.begin_task(make_sequence("cw10").tasks[1])
     agent.observe(transitions(64, 1))
-    batch = agent._sample_batch()
+    batch = piece(agent).extend_batch(agent.sample_batch())
     assert batch["task_index"].tolist() == [1] * 32 + [0] * 16 and not batch["single_task"]
-    assert agent._gradient_step()["critic_loss"] > 0
+    assert agent.gradient_step()["critic_loss"] > 0
 
 
 def test_reservoir_buffer_keeps_a_uniform_sample_of_everything():
@@ -328,6 +345,93 @@ def test_reservoir_buffer_keeps_a_uniform_sample_of_everything():
 def test_perfect_memory_keeps_the_buffer_across_tasks():
     cfg = make_agent_config("perfect-memory")
     assert not cfg.reset_buffer_on_task and cfg.reservoir_buffer and cfg.batch_size == 512
+
+
+# -- composition and checkpoints of every method ------------------------------------------------------
+
+def test_sac_ewc_episodic_memory_applies_the_penalty_and_the_memory_rows_in_one_update():
+    agent = build("sac+ewc+episodic-memory", memory_per_task=64, memory_batch_size=16, importance_batches=1,
+                  importance_batch_size=32)
+    ewc, memory = piece(agent, "ewc"), piece(agent, "episodic-memory")
+    train_task(agent, 0, 3)
+    assert ewc.regularizer.consolidations == 1 and len(memory.memory) == 64
+    agent.begin_task(make_sequence("cw10").tasks[1])
+    agent.observe(transitions(64, 1, shift=1.0))
+    with torch.no_grad():  # off the anchor: the penalty is positive
+        for p in ewc.regularized.values():
+            p.add_(0.01)
+    expected_penalty = ewc.regularizer.penalty().item()
+    seen = []
+    real_losses = agent.losses
+    agent.losses = lambda batch, capture=frozenset(): (seen.append(batch["task_index"].clone()), real_losses(batch, capture))[1]
+    stats = agent.gradient_step()
+    assert expected_penalty > 0 and stats["auxiliary_loss"].item() == pytest.approx(expected_penalty, rel=1e-5)
+    (rows,) = seen
+    assert rows.tolist() == [1] * SMALL["batch_size"] + [0] * 16  # the current task's rows, then the memory's
+
+
+COMPOSABLE = ["l2", "ewc", "mas", "packnet", "agem", "episodic-memory", "vcl", "clonex", "kickstart", "arr", "redo",
+              "shrink-perturb", "reset", "nap"]
+EVERY_METHOD = SAC_FAMILY + ["td3"] + [f"td3+{e}" for e in COMPOSABLE] + [
+    "sac+redo", "sac+shrink-perturb", "sac+reset", "sac+nap", "sac+ewc+episodic-memory", "ewc+redo+nap"]
+SMALL_PIECES = {"memory_per_task": 64, "memory_batch_size": 16, "importance_batches": 1, "importance_batch_size": 32,
+                "retrain_steps": 3, "redo_every": 2, "redo_tau": 0.5, "check_interval": 50, "reset_every": 5}
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("name", EVERY_METHOD)
+def test_every_method_restored_from_a_mid_task_checkpoint_acts_and_learns_like_the_saved_agent(name, tmp_path):
+    """The checkpoint file (loaded with weights_only=True) carries everything: the restored agent holds the
+    same extension state, acts the same for the same observations and RNG, and its next updates are the same."""
+    from crl import checkpoint
+    from crl.extension import save_state
+
+    pieces = {k: v for k, v in SMALL_PIECES.items() if hasattr(make_agent_config(name), k)}
+    agent = build(name, start_steps=40, **pieces)
+    tasks = make_sequence("cw10").tasks
+    train_task(agent, 0, 6)
+    agent.begin_task(tasks[1])
+    for _ in range(3):  # mid-task: warm-up actions, observations, scheduled updates
+        obs = torch.randn(8, OBS)
+        agent.act(obs, 1, explore=True)
+        agent.observe(transitions(8, 1, shift=1.0))
+        agent.update()
+    for _ in range(4):
+        agent.gradient_step()
+    checkpoint.save(tmp_path, {"agent": agent.state_dict()})
+    restored = build(name, start_steps=40, **{**pieces})
+    torch.manual_seed(99)  # a different init: everything must come from the file
+    restored.load_state_dict(checkpoint.load(tmp_path)["agent"])
+    for ext, twin in zip(agent.extensions, restored.extensions):
+        assert _equal(save_state(ext, ext.state), save_state(twin, twin.state)), ext.name
+    obs, rows = torch.randn(8, OBS), torch.tensor([0, 1, 1, 0, 1, 0, 1, 1])
+    for kwargs in ({"explore": True}, {"explore": False}, {"explore": False, "deterministic": True}):
+        torch.manual_seed(5)
+        expected = agent.act(obs, 1, **kwargs)
+        torch.manual_seed(5)
+        assert torch.equal(restored.act(obs, 1, **kwargs), expected), kwargs
+    torch.manual_seed(6)
+    expected = agent.act(obs, rows, explore=False)
+    torch.manual_seed(6)
+    assert torch.equal(restored.act(obs, rows, explore=False), expected)
+    for twin in (agent, restored):
+        torch.manual_seed(7)
+        twin.observe(transitions(8, 1, shift=1.0))
+        for _ in range(3):
+            twin.gradient_step()
+    for (n, p), q in zip(agent.actor.state_dict().items(), restored.actor.state_dict().values()):
+        assert torch.equal(p, q), n
+    for ext, twin in zip(agent.extensions, restored.extensions):
+        assert _equal(save_state(ext, ext.state), save_state(twin, twin.state)), ext.name
 
 
 # -- every method through the loop: train, crash, resume ---------------------------------------------

@@ -334,7 +334,7 @@ def test_cli_list_and_collect(push_dir, tmp_path, capsys) -> None:
 
 def test_auto_backend_avoids_envpool_where_its_port_differs() -> None:
     from crl.envs.data import collection_backend
-    from crl.envs.metaworld import envpool_available
+    from crl.envs.vector import envpool_available
 
     assert collection_backend("dial-turn-v3", "auto") == "gymnasium"
     assert collection_backend("shelf-place-v3", "auto") == "gymnasium"  # expert 0.95 on Meta-World, 0.50 on EnvPool

@@ -19,8 +19,8 @@ from crl.envs.metaworld import (
     MetaWorldEnv,
     expert_policy,
     metaworld_task,
-    resolve_backend,
 )
+from crl.envs.vector import resolve_backend
 
 BACKENDS = ("gymnasium", "envpool")
 

@@ -81,7 +81,7 @@ def test_probe_records_only_when_armed_and_names_metrics():
                 "plasticity/critic/0.weight/weight_change", "plasticity/critic/all/grad_norm"):
         assert key in stats, key
     assert stats["plasticity/critic/0.weight/weight_change"] == 0.0 and stats["plasticity/critic/all/grad_norm"] > 0
-    assert not probe.armed and probe.captured == {}
+    assert not probe.armed and set(probe.captured) == {"0", "1"}  # kept until the next arm(): ReDo reads it
 
 
 def test_recycle_units_keeps_the_output_and_revives_dead_units():

@@ -8,19 +8,23 @@ import pytest
 import torch
 from torch import nn
 
+from crl.agents import agent_class, make_agent_config
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
-from crl.nets import FP32Linear, MultiHead, Tanh, fast_tanh
+from crl.nets import HIDDEN_ACTIVATIONS, FP32Linear, MultiHead, Tanh, fast_tanh
 from crl.envs import make_sequence
 
 OBS, ACT, TASKS = 39, 4, 3
 
 
-def make_agent(**overrides) -> SAC:
+def make_agent(name: str = "sac", **overrides) -> SAC:
+    """A small SAC (or a composition onto it: ``sac+redo``) built through the registry."""
     torch.manual_seed(0)
-    cfg = SACConfig(**{"hidden_sizes": (32, 32, 32, 32), "batch_size": 16, "start_steps": 20, "update_after": 10,
-                       "update_every": 5, **overrides})
-    return SAC(OBS, ACT, TASKS, cfg, torch.device("cpu"))
+    cfg = make_agent_config(name)
+    for key, value in {"hidden_sizes": (32, 32, 32, 32), "batch_size": 16, "start_steps": 20, "update_after": 10,
+                       "update_every": 5, **overrides}.items():
+        setattr(cfg, key, value)
+    return agent_class(name)(OBS, ACT, TASKS, cfg, torch.device("cpu"))
 
 
 def batch(n: int, task: int) -> Transitions:
@@ -74,12 +78,12 @@ def test_warmup_random_then_policy_and_update_schedule():
 def test_gradient_step_moves_each_loss_only_its_own_parameters():
     agent = make_agent(reset_buffer_on_task=False)  # a buffer that may mix tasks: heads chosen per row
     agent.observe(batch(64, 1))
-    target_before = [p.clone() for p in agent.targets.parameters()]
+    target_before = [p.clone() for p in agent.target_critics.parameters()]
     other_alpha = agent.log_alpha[0].item()
-    agent._gradient_step()
+    agent.gradient_step()
     # α of a task with no samples in the batch stays; targets move by Polyak averaging only
     assert agent.log_alpha[0].item() == other_alpha and agent.log_alpha[1].item() != other_alpha
-    moved = [not torch.equal(a, b) for a, b in zip(target_before, agent.targets.parameters())]
+    moved = [not torch.equal(a, b) for a, b in zip(target_before, agent.target_critics.parameters())]
     assert any(moved)
 
 
@@ -128,7 +132,7 @@ def test_critic_learns_a_constant_reward():
                               next_obs=torch.randn(n, OBS), terminated=torch.ones(n), truncated=torch.zeros(n),
                               task_index=torch.zeros(n, dtype=torch.long)))
     for _ in range(300):
-        agent._gradient_step()
+        agent.gradient_step()
     obs, act = torch.randn(32, OBS), torch.rand(32, ACT) * 2 - 1
     heads = torch.zeros(32, dtype=torch.long)
     with torch.no_grad():
@@ -136,17 +140,18 @@ def test_critic_learns_a_constant_reward():
     assert q.shape == (2, 32) and (q - 1).abs().mean() < 0.15
 
 
+@pytest.mark.parametrize("activation", HIDDEN_ACTIVATIONS)
 @pytest.mark.parametrize("body", ["cw", "mlp"])
-def test_ensemble_member_equals_a_cw_mlp_with_its_weights(body):
+def test_ensemble_member_equals_a_cw_mlp_with_its_weights(body, activation):
     """Each critic of the twin ensemble computes exactly a body + MultiHead with the same weights
-    (CW's body, and the plain Linear→LeakyReLU MLP that has no LayerNorm or tanh)."""
+    (CW's body, and the plain Linear→activation MLP that has no LayerNorm or tanh), for every activation."""
     from crl.nets import EnsembleCWMLP, cw_mlp
 
     torch.manual_seed(0)
-    ens = EnsembleCWMLP(2, 7, (16, 16, 16), 3, 4, body=body)
+    ens = EnsembleCWMLP(2, 7, (16, 16, 16), 3, 4, activation=activation, body=body)
     x, rows = torch.randn(5, 7), torch.tensor([0, 3, 1, 1, 2])
     for m in range(2):
-        single, head = cw_mlp(7, (16, 16, 16), body=body), MultiHead(16, 3, 4)
+        single, head = cw_mlp(7, (16, 16, 16), activation=activation, body=body), MultiHead(16, 3, 4)
         assert any(isinstance(layer, nn.LayerNorm) for layer in single) == (body == "cw")
         assert any(isinstance(layer, nn.Tanh) for layer in single) == (body == "cw")
         linears = [layer for layer in single if isinstance(layer, nn.Linear)] + [head.linear]
@@ -166,7 +171,7 @@ def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
     loss alone, actor from the actor loss alone (critics fixed), α from the temperature loss."""
     agent = make_agent()
     agent.observe(batch(64, 0))
-    b = agent._sample_batch()
+    b = agent.sample_batch()
     torch.manual_seed(5)
     loss, _ = agent.sac_losses(b)
     critic_params, actor_params = list(agent.critics.parameters()), list(agent.actor.parameters())
@@ -176,7 +181,7 @@ def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
     alpha = agent.log_alpha[0].exp()
     with torch.no_grad():
         a_next, logp_next = agent.actor(b["next_obs"], 0)
-        q_next = agent.targets(b["next_obs"], a_next, 0).min(0).values
+        q_next = agent.target_critics(b["next_obs"], a_next, 0).min(0).values
         backup = b["reward"] + 0.99 * (1 - b["terminated"]) * (q_next - alpha * logp_next)
     q = agent.critics(b["obs"], b["action"], 0)
     critic_loss = 0.5 * ((q[0] - backup) ** 2).mean() + 0.5 * ((q[1] - backup) ** 2).mean()
@@ -193,7 +198,7 @@ def test_bf16_update_follows_the_fp32_gradient():
     """precision=bf16 autocasts the update's matmuls: same direction as fp32, weights stay fp32."""
     agent = make_agent(precision="bf16")
     agent.observe(batch(64, 0))
-    b = agent._sample_batch()
+    b = agent.sample_batch()
     grads = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(7)
@@ -202,7 +207,7 @@ def test_bf16_update_follows_the_fp32_gradient():
         grads[precision] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(agent.actor.parameters()))])
     cosine = torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
     assert cosine > 0.98
-    stats = agent._gradient_step()
+    stats = agent.gradient_step()
     assert math.isfinite(stats["critic_loss"].item()) and all(p.dtype == torch.float32 for p in agent.actor.parameters())
 
 
@@ -233,7 +238,7 @@ def test_unknown_precision_is_a_usage_error():
 def test_plasticity_probes_measure_actor_and_critics_at_their_cadence():
     agent = make_agent(plasticity_every=3)
     agent.observe(batch(64, 0))
-    measured = [agent._gradient_step() for _ in range(7)]
+    measured = [agent.gradient_step() for _ in range(7)]
     has = ["plasticity/critic/all/fau" in s for s in measured]
     assert has == [True, False, False, True, False, False, True]
     stats = measured[0]
@@ -253,19 +258,20 @@ def test_plasticity_probes_measure_actor_and_critics_at_their_cadence():
 
 
 def test_redo_recycles_dormant_units_during_training():
-    agent = make_agent(redo_every=2, redo_tau=0.5)  # a generous τ so some units count as dormant
+    agent = make_agent("sac+redo", redo_every=2, redo_tau=0.5)  # a generous τ so some units count as dormant
     agent.observe(batch(64, 0))
-    stats = [agent._gradient_step() for _ in range(5)]
+    stats = [agent.gradient_step() for _ in range(5)]
     recycled = [s.get("redo/recycled_units") for s in stats]
     assert recycled[0] is None and recycled[1] is None and recycled[2] > 0  # steps 2 and 4 (not 0)
 
 
 def test_shrink_perturb_and_head_reset_at_a_task_switch():
     tasks = make_sequence("cw2").tasks
-    agent = make_agent(sp_shrink=0.5, sp_perturb=0.0, reset_layers=("critic_head",), reset_on_task=True)
+    agent = make_agent("sac+shrink-perturb+reset", sp_shrink=0.5, sp_perturb=0.0, reset_layers=("critic_head",),
+                       reset_on_task=True)
     agent.begin_task(tasks[0])
     agent.observe(batch(64, 0))
-    agent._gradient_step()
+    agent.gradient_step()
     actor_before = [p.detach().clone() for p in agent.actor.parameters()]
     critic_hidden_before = agent.critics.net.weights[0].detach().clone()
     agent.begin_task(tasks[1])
@@ -273,9 +279,9 @@ def test_shrink_perturb_and_head_reset_at_a_task_switch():
     assert torch.allclose(agent.critics.net.weights[0], 0.5 * critic_hidden_before)
     head = agent.critics.net.weights[-1]
     assert torch.count_nonzero(agent.optimizer.state[head]["exp_avg"]) == 0
-    assert torch.equal(agent.targets.net.weights[-1], head)
+    assert torch.equal(agent.target_critics.net.weights[-1], head)
     with pytest.raises(Exception, match="unknown layer group"):
-        make_agent(reset_layers=("encoder",))
+        make_agent("sac+reset", reset_layers=("encoder",))
 
 
 def test_actor_log_probability_is_the_tanh_squashed_gaussian_density():
@@ -313,16 +319,18 @@ def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
 
 
 def test_nap_normalises_before_every_nonlinearity_and_keeps_hidden_norms():
-    agent = make_agent(nap=True, lr=1e-2)
+    from crl.interventions import hidden_weights
+
+    agent = make_agent("sac+nap", lr=1e-2)
     body = list(agent.actor.body)
     assert [type(m) for m in body] == [FP32Linear, nn.LayerNorm, Tanh] + [nn.Linear, nn.LayerNorm, nn.LeakyReLU] * 3
     assert len(agent.critics.net.extra_norm_weights) == 3
-    initial = [n.clone() for n in agent.nap_norms]
+    initial = [n.clone() for n in agent.extensions[0].norms]
     head_before = agent.actor.head.linear.weight.norm().item()
     agent.observe(batch(64, 0))
     for _ in range(20):
-        agent._gradient_step()
-    for w, n in zip(agent._hidden_weights(), initial):
+        agent.gradient_step()
+    for w, n in zip(hidden_weights(agent), initial):
         now = w.norm() if w.dim() == 2 else w.norm(dim=(1, 2), keepdim=True)
         assert torch.allclose(now, n, rtol=1e-5)
     assert agent.actor.head.linear.weight.norm().item() != pytest.approx(head_before)  # heads are not projected
@@ -332,7 +340,7 @@ def test_relu_option_gives_probes_exactly_dead_units():
     agent = make_agent(activation="relu", plasticity_every=1)
     assert [type(m) for m in agent.actor.body][3:5] == [nn.Linear, nn.ReLU]
     agent.observe(batch(64, 0))
-    stats = agent._gradient_step()
+    stats = agent.gradient_step()
     assert 0 < stats["plasticity/critic/1/fau"] < 1  # ReLU: some units exactly 0 on the batch
     h = []
     agent.critics.net(torch.randn(5, OBS + ACT), 0, record=lambda layer, a: h.append(a))
@@ -352,7 +360,7 @@ def test_plain_mlp_body_has_no_layernorm_or_tanh():
     assert agent.critics.net.norm_weight is None
     assert set(agent.probes["critic"].activations.values()) == {"relu"}
     agent.observe(batch(64, 0))
-    stats = agent._gradient_step()
+    stats = agent.gradient_step()
     assert 0 < stats["plasticity/critic/0/fau"] < 1  # ReLU after the first layer too: some units exactly 0
     h = []
     agent.critics.net(torch.randn(5, OBS + ACT), 0, record=lambda layer, a: h.append(a))
@@ -370,10 +378,10 @@ def _gradients_and_updates_across_a_task_switch(agent: SAC, device: str = "cpu")
         agent.begin_task(task)
         torch.manual_seed(task.index)
         agent.observe(Transitions(**{k: v.to(device) for k, v in vars(batch(40, task.index)).items()}))
-        fixed = agent._sample_batch()
+        fixed = agent.sample_batch()
         torch.manual_seed(100 + task.index)  # the same actor noise for both agents
         with torch.autocast(device, dtype=torch.bfloat16, enabled=agent.cfg.precision == "bf16"):
-            loss, _ = agent._losses(fixed)
+            loss, _ = agent.losses(fixed)
         grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
         stats = agent.update()
         assert stats and all(torch.isfinite(v).all() for v in stats.values())

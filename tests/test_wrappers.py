@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import gymnasium
@@ -142,3 +144,12 @@ def test_registered_single_task_env() -> None:
     assert obs.shape == (39,) and obs.dtype == np.float32
     info = env.step(env.action_space.sample())[4]
     assert info["success_any"] is False
+
+
+def test_importing_the_wrappers_loads_neither_torch_nor_a_simulator(tmp_path) -> None:
+    # cwd outside the checkout, so that ``crl`` is the installed package (crl.envs -> envs/)
+    code = ("import sys, crl.envs.wrappers; "
+            "loaded = [m for m in ('torch', 'metaworld', 'dm_control', 'envpool') if m in sys.modules]; "
+            "sys.exit(f'imported {loaded}' if loaded else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -208,7 +208,7 @@ class L2M(ContextualAgent):
 
         datasets = [load_task(t, self.data_dir) for t in resolve_tasks(self.cfg.pretrain_tasks)]
         b = WindowSampler(datasets, self.dt_cfg.context, self.device, seed=12345).sample(windows)
-        return self._query(self.backbone.state_embeddings(b["states"], b["timesteps"]), b["mask"], centred=False).mean(0)
+        return self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"], centred=False).mean(0)
 
     def _pretrained(self) -> DecisionTransformer:
         model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log)
@@ -298,7 +298,7 @@ class L2M(ContextualAgent):
             self.sampler.load_state_dict(state)
         b = self.sampler.sample(self.cfg.batch_size)
         self.backbone.train()
-        logits, key_loss, idx = self._forward(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"],
+        logits, key_loss, idx = self._forward(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"],
                                               self.task_index, train=True)
         loss = self.backbone.loss(logits, action_targets(b, self.cfg.action_target), b["mask"])
         stats = {"action_loss": loss.detach()}
@@ -331,7 +331,7 @@ class L2M(ContextualAgent):
             importance = {n: torch.zeros_like(p) for n, p in params.items()}
             for _ in range(self.cfg.fisher_batches):
                 b = self.sampler.sample(self.cfg.batch_size)
-                logits = self.backbone(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+                logits = self.backbone(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"])
                 loss = self.backbone.loss(logits, action_targets(b, self.cfg.action_target), b["mask"])
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                 for f, g in zip(importance.values(), grads):

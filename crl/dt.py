@@ -365,10 +365,12 @@ class WindowSampler:
     ``context`` steps of its episode ending at that transition, LEFT-padded with zeros where the
     episode starts later:
 
-    - ``states`` (B, K, obs_dim) float32, ``actions`` (B, K, act_dim) float32 (executed),
-      ``expert_actions`` (B, K, act_dim) float32 (the scripted expert's, noise-free: the clean BC target)
-    - ``returns_to_go`` (B, K) float32 (undiscounted, unscaled), ``rewards`` (B, K) float32
-    - ``timesteps`` (B, K) long: step within the episode, 0 on padding
+    Keys are the dataset's (and the replay buffer's) field names, each per window step:
+
+    - ``obs`` (B, K, obs_dim) float32, ``action`` (B, K, act_dim) float32 (executed),
+      ``expert_action`` (B, K, act_dim) float32 (the scripted expert's, noise-free: the clean BC target)
+    - ``returns_to_go`` (B, K) float32 (undiscounted, unscaled), ``reward`` (B, K) float32
+    - ``timestep`` (B, K) long: step within the episode, 0 on padding
     - ``mask`` (B, K) bool: True on real steps
     - ``dataset_index`` (B,) long: position of the dataset in ``datasets``
     - ``index`` (B,) long: the sampled (last) transition's row within its dataset
@@ -446,12 +448,12 @@ class WindowSampler:
             return torch.from_numpy(a).to(self.device, non_blocking=True)
 
         return {
-            "states": tensor(states),
-            "actions": tensor(actions),
-            "expert_actions": tensor(expert_actions),
+            "obs": tensor(states),  # the dataset's (and the replay buffer's) names, per window step
+            "action": tensor(actions),
+            "expert_action": tensor(expert_actions),
             "returns_to_go": tensor(rtg),
-            "rewards": tensor(rewards),
-            "timesteps": tensor(timesteps),
+            "reward": tensor(rewards),
+            "timestep": tensor(timesteps),
             "mask": tensor(mask),
             "dataset_index": tensor(d_index.astype(np.int64)),
             "index": tensor(local.astype(np.int64)),

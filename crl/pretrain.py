@@ -103,7 +103,7 @@ def action_targets(batch: dict[str, torch.Tensor], target: str) -> torch.Tensor:
     Issue 13: the executed actions carry the collection noise (75% of episodes), so their best
     reachable cross-entropy is ≈2.3 nats per dim and fitting below it memorises noise; the expert's
     action in the same state is the clean label."""
-    return batch["expert_actions"] if target == "expert" else batch["actions"]
+    return batch["expert_action"] if target == "expert" else batch["action"]
 
 
 def backbone_path(cfg: PretrainConfig, data_dir: Path) -> Path:
@@ -160,7 +160,7 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
     bar = tqdm(range(cfg.updates), desc="pre-training", unit="update", file=sys.stderr, disable=not progress or None)
     for _ in bar:
         b = sampler.sample(cfg.batch_size)
-        logits = model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+        logits = model(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"])
         loss = model.loss(logits, action_targets(b, cfg.action_target), b["mask"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -119,7 +119,7 @@ def rung_dt_scratch(tasks, seeds, args, data_dir, device):
             model.train()
             for _ in range(steps):
                 b = sampler.sample(cfg.batch_size)
-                logits = model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+                logits = model(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"])
                 loss = model.loss(logits, action_targets(b, cfg.action_target), b["mask"])
                 opt.zero_grad()
                 loss.backward()

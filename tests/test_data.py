@@ -213,11 +213,11 @@ def test_window_sampler_windows_are_left_padded_at_episode_starts() -> None:
     sampler = WindowSampler([a, b], context=K, device="cpu", seed=0)
     assert len(sampler) == 16 + 8
     batch = sampler.sample(512)
-    assert batch["states"].shape == (512, K, 39) and batch["states"].dtype == torch.float32
-    assert batch["actions"].shape == (512, K, 4) and batch["actions"].dtype == torch.float32
-    for key in ("returns_to_go", "rewards"):
+    assert batch["obs"].shape == (512, K, 39) and batch["obs"].dtype == torch.float32
+    assert batch["action"].shape == (512, K, 4) and batch["action"].dtype == torch.float32
+    for key in ("returns_to_go", "reward"):
         assert batch[key].shape == (512, K) and batch[key].dtype == torch.float32
-    assert batch["timesteps"].dtype == torch.long and batch["mask"].dtype == torch.bool
+    assert batch["timestep"].dtype == torch.long and batch["mask"].dtype == torch.bool
     assert batch["dataset_index"].shape == (512,) and batch["dataset_index"].dtype == torch.long
     # every transition of both datasets gets picked, in proportion to the number of transitions
     assert set(batch["dataset_index"].tolist()) == {0, 1}
@@ -232,12 +232,12 @@ def test_window_sampler_windows_are_left_padded_at_episode_starts() -> None:
         mask = batch["mask"][i].numpy()
         np.testing.assert_array_equal(mask, np.arange(K) >= K - n_real)  # padding on the left only
         rows = np.arange(t - n_real + 1, t + 1)
-        np.testing.assert_array_equal(batch["states"][i, mask].numpy(), ds.obs[rows])
-        np.testing.assert_array_equal(batch["actions"][i, mask].numpy(), ds.action[rows])
-        np.testing.assert_array_equal(batch["expert_actions"][i, mask].numpy(), ds.expert_action[rows])
+        np.testing.assert_array_equal(batch["obs"][i, mask].numpy(), ds.obs[rows])
+        np.testing.assert_array_equal(batch["action"][i, mask].numpy(), ds.action[rows])
+        np.testing.assert_array_equal(batch["expert_action"][i, mask].numpy(), ds.expert_action[rows])
         np.testing.assert_array_equal(batch["returns_to_go"][i, mask].numpy(), ds.returns_to_go[rows])
-        np.testing.assert_array_equal(batch["timesteps"][i, mask].numpy(), rows - start)  # consecutive
-        for key in ("states", "actions", "expert_actions", "returns_to_go", "rewards", "timesteps"):
+        np.testing.assert_array_equal(batch["timestep"][i, mask].numpy(), rows - start)  # consecutive
+        for key in ("obs", "action", "expert_action", "returns_to_go", "reward", "timestep"):
             assert not batch[key][i, ~torch.from_numpy(mask)].any(), key
 
 
@@ -249,10 +249,10 @@ def test_window_sampler_on_collected_data_and_state_dict(push_dir, tmp_path) -> 
     ends = np.array([s, s + 2, s + EPISODE_LEN - 1])
     w = sampler.windows(ends)
     np.testing.assert_array_equal(w["mask"].numpy(), [[0, 0, 0, 0, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    np.testing.assert_array_equal(w["timesteps"].numpy(), [[0, 0, 0, 0, 0], [0, 0, 0, 1, 2], [195, 196, 197, 198, 199]])
-    np.testing.assert_array_equal(w["states"][1, 2:].numpy(), ds.obs[s : s + 3])
-    np.testing.assert_array_equal(w["states"][2].numpy(), ds.obs[s + EPISODE_LEN - 5 : s + EPISODE_LEN])
-    assert not w["states"][0, :4].any() and not w["actions"][1, :2].any()
+    np.testing.assert_array_equal(w["timestep"].numpy(), [[0, 0, 0, 0, 0], [0, 0, 0, 1, 2], [195, 196, 197, 198, 199]])
+    np.testing.assert_array_equal(w["obs"][1, 2:].numpy(), ds.obs[s : s + 3])
+    np.testing.assert_array_equal(w["obs"][2].numpy(), ds.obs[s + EPISODE_LEN - 5 : s + EPISODE_LEN])
+    assert not w["obs"][0, :4].any() and not w["action"][1, :2].any()
 
     sampler.sample(32)
     state = sampler.state_dict()

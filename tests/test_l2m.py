@@ -65,7 +65,7 @@ def test_retrieval_picks_the_modules_trained_for_each_task(l2m_run, data_dir):
     assert torch.all(agent.usage.sum(1) > 0)
     for task in sequence.tasks:
         batch = WindowSampler([load_task(task.name, data_dir)], agent.dt_cfg.context, torch.device("cpu"), seed=5).sample(64)
-        chosen = agent.selected_module(batch["states"], batch["timesteps"], batch["mask"])
+        chosen = agent.selected_module(batch["obs"], batch["timestep"], batch["mask"])
         own = agent.usage[task.index, chosen] > 0  # retrieved module was trained on this task
         # 0.8, not 1: states alone do not always tell tasks apart (tiny backbone, 150 steps: hammer 1.00,
         # push-wall 0.84; a nearest-centroid query on the quick backbone tells push-wall from push 0.36)

@@ -185,10 +185,11 @@ class L2M(ContextualAgent):
 
     # -- data ------------------------------------------------------------------------------------
 
-    def prepare(self, tasks: list[Task]) -> None:
+    def prepare(self, tasks: list[Task], report=None) -> None:
         """Data and backbone before training: the pre-trained backbone (built and cached on first use:
-        MT40 data, then ``crl pretrain``), each sequence task's expert data, the RTG targets."""
-        self.backbone.load_state_dict(self._pretrained().state_dict())
+        MT40 data, then ``crl pretrain``, checkpointed as it goes), each sequence task's expert data, the
+        RTG targets."""
+        self.backbone.load_state_dict(self._pretrained(report).state_dict())
         for task in tasks:
             self._dataset(task.name)
         names = [t.name for t in tasks] + [t.name for t in self.retention_tasks()]
@@ -210,8 +211,9 @@ class L2M(ContextualAgent):
         b = WindowSampler(datasets, self.dt_cfg.context, self.device, seed=12345).sample(windows)
         return self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"], centred=False).mean(0)
 
-    def _pretrained(self) -> DecisionTransformer:
-        model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log)
+    def _pretrained(self, report=None) -> DecisionTransformer:
+        model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log,
+                                                     report=report)
         return model
 
     def _dataset(self, task_name: str):

@@ -147,6 +147,7 @@ class Phase:
 
 
 Scalars = dict[str, "float | torch.Tensor"]
+PhaseReport = Callable[[str, int, int, Scalars], None]  # (phase name, steps done, steps in all, scalars)
 
 
 class Agent(abc.ABC):
@@ -178,11 +179,13 @@ class Agent(abc.ABC):
     learns_from: LearnsFrom = LearnsFrom.ENV
     config_class: type
 
-    def prepare(self, tasks: list[Task]) -> None:
+    def prepare(self, tasks: list[Task], report: PhaseReport | None = None) -> None:
         """Called by ``crl train`` once per run segment, before training (and before a resume restores
         the checkpoint): fetch or build what the agent needs beyond its own weights, e.g. datasets and a
-        pre-trained model (cached, so a resume is quick). ``crl eval`` does not call it: a run's own
-        ``state_dict`` must be enough to act. Default: nothing."""
+        pre-trained model (cached, and checkpointed while it is built, so a resume is quick). ``crl eval``
+        does not call it: a run's own ``state_dict`` must be enough to act. ``report(name, done, total,
+        scalars)`` shows the progress of long preparation in TensorBoard (``phase/<name>/...``).
+        Default: nothing."""
 
     @abc.abstractmethod
     def begin_task(self, task: Task) -> None: ...

@@ -240,9 +240,29 @@ class ContinualLoop:
                 self.monitor.add_train_stats(stats)
             task_done = self._advance(task, 1)
 
+    def _prepare(self) -> None:
+        """The agent's preparation (data, a pre-trained model), its progress in TensorBoard as phase/<name>/..."""
+        writer = None
+
+        def report(name: str, done: int, total: int, scalars: dict[str, Any]) -> None:
+            nonlocal writer
+            if writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(log_dir=str(self.run_dir), filename_suffix=".prepare")
+            for key, value in scalars.items():
+                writer.add_scalar(f"phase/{name}/{key}", float(value), done)
+            writer.add_scalar(f"phase/{name}/progress", done / max(total, 1), done)
+
+        try:
+            self.agent.prepare(list(self.sequence.tasks), report)
+        finally:
+            if writer is not None:
+                writer.close()
+
     def run(self, *, resume: bool = False) -> dict[str, Any]:
         cfg, tcfg, seq = self.cfg, self.cfg.train, self.sequence
-        self.agent.prepare(list(seq.tasks))
+        self._prepare()
         if resume:
             self.restore()
         st = self.state
@@ -263,7 +283,7 @@ class ContinualLoop:
                     if cfg.reference:  # single-task reference: a fresh agent for every task
                         seed_everything(cfg.seed + task.index)
                         self.agent = make_agent(cfg, seq, self.device)
-                        self.agent.prepare(list(seq.tasks))
+                        self._prepare()
                     self.agent.begin_task(task)
                 if self.agent.learns_from == LearnsFrom.DATASET:
                     self._train_offline(task)

@@ -128,10 +128,19 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+PARTIAL_EVERY = 500  # updates between the checkpoints of an unfinished pre-training
+
+
 def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progress: bool = True,
-             log=print, eval_episodes: int = 5) -> Path:
+             log=print, eval_episodes: int = 5, report=None) -> Path:
     """Collect the data if missing, pre-train the backbone, score it on its own pre-training tasks
-    (``eval_episodes`` each; 0 skips), save it atomically; returns its path."""
+    (``eval_episodes`` each; 0 skips), save it atomically; returns its path.
+
+    Every ``PARTIAL_EVERY`` updates the unfinished run is checkpointed beside the cache (``.partial.pt``:
+    model, optimiser, schedule, sampler and RNG); a killed pre-training continues from there, with the
+    same result as an uninterrupted one. ``report(name, done, total, scalars)``, when given, receives
+    the progress (crl train logs it to TensorBoard as ``phase/pretrain/...``)."""
+    from crl.checkpoint import load_plain
     from tqdm import tqdm
 
     from crl.dt import WindowSampler
@@ -154,10 +163,23 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.warmup, cfg.updates))
     log(f"pre-training a {cfg.size} Decision Transformer ({sum(p.numel() for p in model.parameters()):,} parameters) "
         f"on {len(tasks)} tasks, {sum(d.num_transitions for d in datasets):,} transitions, {cfg.updates} updates")
+    path = backbone_path(cfg, data_dir)
+    partial = path.with_name(path.stem + ".partial.pt")
     started = time.perf_counter()
-    losses = []
+    losses: list[float] = []
+    if partial.exists():
+        state = load_plain(partial, "crl pre-training checkpoint", "; delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"])
+        losses = state["losses"]
+        log(f"continuing the pre-training from its checkpoint at update {len(losses)} ({partial})")
+    first_update = len(losses)
     model.train()
-    bar = tqdm(range(cfg.updates), desc="pre-training", unit="update", file=sys.stderr, disable=not progress or None)
+    bar = tqdm(range(len(losses), cfg.updates), desc="pre-training", unit="update", file=sys.stderr,
+               initial=len(losses), total=cfg.updates, disable=not progress or None)
     for _ in bar:
         b = sampler.sample(cfg.batch_size)
         logits = model(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"])
@@ -170,10 +192,18 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
+            if report is not None:
+                report("pretrain", len(losses), cfg.updates, {"loss": sum(losses[-50:]) / 50})
+        if len(losses) % PARTIAL_EVERY == 0 and len(losses) < cfg.updates:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                     "sampler": sampler.state_dict(), "rng": torch.get_rng_state(), "losses": losses}
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(partial, lambda f: torch.save(state, f))
         if bar.disable and progress and len(losses) % max(1, cfg.updates // 10) == 0:
             done, elapsed = len(losses), time.perf_counter() - started
             log(f"  {done}/{cfg.updates} updates, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
-                f"{done / elapsed:.1f} updates/s, about {(cfg.updates - done) * elapsed / done / 60:.1f} min left")
+                f"{(done - first_update) / elapsed:.1f} updates/s, "
+                f"about {(cfg.updates - done) * elapsed / max(1, done - first_update) / 60:.1f} min left")
     seconds = time.perf_counter() - started
     success: dict[str, float] = {}
     if eval_episodes > 0:
@@ -181,18 +211,18 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progr
         success = evaluate_backbone(model, tasks, data_dir, episodes=eval_episodes, seed=cfg.seed + 1,
                                     device=device)
         log(f"pre-training-task success {sum(success.values()) / len(success):.2f} (mean of {len(success)} tasks)")
-    path = backbone_path(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT, "version": VERSION, "pretrain_config": dataclasses.asdict(cfg),
         "dt_config": dataclasses.asdict(model_cfg), "state_dict": model.state_dict(),
         "loss_first_100": sum(losses[:100]) / max(1, len(losses[:100])),
         "loss_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
-        "seconds": seconds, "updates_per_s": cfg.updates / seconds, "tasks": tasks,
+        "seconds": seconds, "updates_per_s": (cfg.updates - first_update) / seconds, "tasks": tasks,
         "pretrain_success": success,
     }
     atomic_write(path, lambda f: torch.save(payload, f))  # a kill leaves the old cache or the new one
-    log(f"pre-trained in {seconds:.0f}s ({cfg.updates / seconds:.1f} updates/s), loss "
+    partial.unlink(missing_ok=True)
+    log(f"pre-trained in {seconds:.0f}s ({(cfg.updates - first_update) / seconds:.1f} updates/s), loss "
         f"{sum(losses[:100]) / max(1, len(losses[:100])):.3f} → {sum(losses[-100:]) / max(1, len(losses[-100:])):.3f}; saved {path}")
     return path
 
@@ -209,7 +239,7 @@ def load_backbone(path: Path, device: torch.device) -> tuple[DecisionTransformer
 
 
 def load_or_pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, *, progress: bool = True,
-                     log=print) -> tuple[DecisionTransformer, dict[str, Any]]:
+                     log=print, report=None) -> tuple[DecisionTransformer, dict[str, Any]]:
     """The cached backbone for ``cfg``; on a fresh machine, builds data and backbone first."""
     path = backbone_path(cfg, data_dir)
     if not path.exists():
@@ -217,7 +247,7 @@ def load_or_pretrain(cfg: PretrainConfig, data_dir: Path, device: torch.device, 
             f"(data for {cfg.tasks}, then {cfg.updates} updates; minutes on two CPU cores with the small size)")
         # Forked RNG: a run must not depend on whether the backbone was already cached (pretrain seeds torch).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            pretrain(cfg, data_dir, device, progress=progress, log=log)
+            pretrain(cfg, data_dir, device, progress=progress, log=log, report=report)
     return load_backbone(path, device)
 
 

@@ -160,7 +160,7 @@ def test_a_run_stopped_while_preparing_resumes_from_the_start(data_dir, tmp_path
                      "train.steps_per_task=4", "train.eval_every=4")
     real_prepare = L2M.prepare
 
-    def interrupted(self, tasks):
+    def interrupted(self, tasks, report=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(L2M, "prepare", interrupted)
@@ -170,3 +170,40 @@ def test_a_run_stopped_while_preparing_resumes_from_the_start(data_dir, tmp_path
     monkeypatch.setattr(L2M, "prepare", real_prepare)
     _, results = loop_module.resume(tmp_path / "run", quiet=True)
     assert results["finished"] and results["steps"] == 8
+
+
+def test_a_killed_pretraining_continues_from_its_checkpoint_to_the_same_backbone(data_dir, monkeypatch):
+    """Pre-training is checkpointed every PARTIAL_EVERY updates (issue 14: preparation is checkpointed): a kill
+    mid-way loses at most that many, and the finished backbone equals an uninterrupted one bit for bit."""
+    from crl import pretrain as pretrain_module
+    from crl.dt import DecisionTransformer
+
+    cfg = pretrain_module.PretrainConfig(tasks="reach-v3,button-press-v3", size="tiny", episodes=2, updates=60,
+                                         batch_size=16, warmup=5, seed=3)
+    monkeypatch.setattr(pretrain_module, "PARTIAL_EVERY", 20)
+    path = backbone_path(cfg, data_dir)
+    pretrain_module.pretrain(cfg, data_dir, torch.device("cpu"), progress=False, log=lambda m: None, eval_episodes=0)
+    uninterrupted = load_backbone(path, torch.device("cpu"))[0].state_dict()
+    path.unlink()
+    real_loss, calls = DecisionTransformer.loss, {"n": 0}
+
+    def dying_loss(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 45:
+            raise KeyboardInterrupt
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(DecisionTransformer, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_module.pretrain(cfg, data_dir, torch.device("cpu"), progress=False, log=lambda m: None,
+                                 eval_episodes=0)
+    partial = path.with_name(path.stem + ".partial.pt")
+    assert not path.exists() and len(torch.load(partial, weights_only=True)["losses"]) == 40
+    monkeypatch.setattr(DecisionTransformer, "loss", real_loss)
+    reports = []
+    pretrain_module.pretrain(cfg, data_dir, torch.device("cpu"), progress=False, log=lambda m: None, eval_episodes=0,
+                             report=lambda *a: reports.append(a))
+    resumed = load_backbone(path, torch.device("cpu"))[0].state_dict()
+    assert not partial.exists()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert [(name, done, total) for name, done, total, _ in reports] == [("pretrain", 50, 60)]  # every 50 updates

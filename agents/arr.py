@@ -65,8 +65,8 @@ class AdaptiveReplayRatio(Extension):
     def _reset_rule(self) -> None:
         self.learner.replay_ratio = self.learner.cfg.replay_ratio
         self.switched = False
-        self.reference_fau: float | None = None  # the FAU the next check compares with
-        self.window: list[tuple[int, float]] = []  # (task step, critic FAU) of each update since the last check
+        self.reference_fau: torch.Tensor | None = None  # the FAU the next check compares with
+        self.window: list[tuple[int, torch.Tensor]] = []  # (task step, critic FAU) of each update since the last check
         self.next_check = self.cfg.check_interval
 
     def begin_task(self, task: Task) -> None:
@@ -85,11 +85,12 @@ class AdaptiveReplayRatio(Extension):
         learner, out = self.learner, {}
         if self.adapting:
             fau = stats.get("plasticity/critic/all/fau")  # a full measurement this step, else the cheap one
-            fau = learner.probes["critic"].fau() if fau is None else fau
-            self.window.append((learner.task_steps, float(fau)))
+            # 0-d tensors: the rule reads them once per check, not every update (no host sync per step)
+            fau = learner.probes["critic"].fau() if fau is None else torch.as_tensor(fau, dtype=torch.float32)
+            self.window.append((learner.task_steps, fau))
             if self.reference_fau is None:
-                self.reference_fau = float(fau)
-            out["arr/critic_fau"] = torch.tensor(float(fau))
+                self.reference_fau = fau
+            out["arr/critic_fau"] = fau
         out["arr/replay_ratio"] = torch.tensor(learner.replay_ratio)
         return out
 
@@ -105,8 +106,8 @@ class AdaptiveReplayRatio(Extension):
             values = [f for step, f in self.window if step > since] or [self.window[-1][1]]
         else:
             values = [f for _, f in self.window]
-        fau = sum(values) / len(values)
-        change = abs(fau - self.reference_fau)
+        fau = torch.stack(values).mean()
+        change = float((fau - self.reference_fau).abs())  # the one read of the interval's FAU values
         settled = change <= self.cfg.fau_threshold if self.cfg.mode == "paper_faithful" else \
             change < self.cfg.fau_threshold
         self.reference_fau, self.window = fau, []

@@ -80,6 +80,8 @@ class L2MConfig:
     rank: int = 8  # LoRA rank (α = 2·rank) on q, v and the MLP activation of every layer
     key_loss_coef: float = 0.5  # L2M: loss −= 0.5·cos(query, selected key)
     center_queries: bool = True  # subtract the pre-training data's mean query before matching (L2M: no)
+    reset_optimizer_on_task: bool = False  # zero AdamW's moments at each task switch, so an earlier task's
+    #                                        modules and keys stop moving with the switch (L2M: no; issue 13)
     count_penalty: bool = True  # new tasks claim modules unused so far
     target_return_mult: float = 1.0  # RTG target = this × the task data's best episode return
     ewc_lambda: float = 400.0  # L2M's EWC (and L2) strength
@@ -237,6 +239,10 @@ class L2M(ContextualAgent):
     def begin_task(self, task: Task) -> None:
         self.task_index = task.index
         self._make_sampler(task.name, seed=self.cfg.seed * 1000 + task.index)
+        if self.cfg.reset_optimizer_on_task:
+            for state in self.optimizer.state.values():  # the step count stays (bias correction continues)
+                state["exp_avg"].zero_()
+                state["exp_avg_sq"].zero_()
         if task.index > 0 and self.cfg.count_penalty:
             freq = self.counts / self.counts.sum().clamp_min(1.0)
             inv = 1.0 / (freq + 1e-6)

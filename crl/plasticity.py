@@ -41,16 +41,18 @@ def active_mask(h: torch.Tensor, activation: str) -> torch.Tensor:
     raise ValueError(f"unknown activation '{activation}'; allowed: {', '.join(ACTIVATIONS)}")
 
 
-def fraction_active(layers: Iterable[torch.Tensor], activation: str | Iterable[str] = "relu") -> float:
+def fraction_active(layers: Iterable[torch.Tensor], activation: str | Iterable[str] = "relu", *,
+                    as_tensor: bool = False) -> float | torch.Tensor:
     """FAU as Ma et al.'s code pools it: active (sample, unit) entries over all entries of all layers.
-    ``activation`` is one kind for every layer or one per layer (a CW MLP has tanh, then LeakyReLU)."""
+    ``activation`` is one kind for every layer or one per layer (a CW MLP has tanh, then LeakyReLU).
+    ``as_tensor``: a 0-d tensor on the activations' device, read by no one yet (no host sync)."""
     layers = list(layers)
     kinds = [activation] * len(layers) if isinstance(activation, str) else list(activation)
-    active = total = 0
-    for h, kind in zip(layers, kinds):
-        active += int(active_mask(h, kind).sum())
-        total += h.numel()
-    return active / total if total else float("nan")
+    if not layers:
+        return torch.tensor(float("nan")) if as_tensor else float("nan")
+    active = sum(active_mask(h, kind).sum() for h, kind in zip(layers, kinds))
+    fau = active / sum(h.numel() for h in layers)
+    return fau if as_tensor else float(fau)
 
 
 def neuron_scores(h: torch.Tensor) -> torch.Tensor:
@@ -169,9 +171,10 @@ class PlasticityProbe:
         if self.armed and layer not in self.captured:  # the first pass after arming: the training batch
             self.captured[layer] = h.detach()
 
-    def fau(self) -> float:
+    def fau(self) -> torch.Tensor:
+        """The pooled FAU of what was captured, as a 0-d tensor (Adaptive Replay Ratio reads it every update)."""
         self.armed = False
-        return fraction_active(self.captured.values(), [self.activations[n] for n in self.captured])
+        return fraction_active(self.captured.values(), [self.activations[n] for n in self.captured], as_tensor=True)
 
     def collect(self) -> dict[str, float]:
         self.armed = False

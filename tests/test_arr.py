@@ -35,7 +35,7 @@ def rule(agent):
 def drive(agent: SAC, fau_values: list[float], steps: int) -> list[float]:
     """Step one transition at a time with the critic's FAU scripted; returns the ratio after each step."""
     values = iter(fau_values)
-    agent.probes["critic"].fau = lambda: next(values)
+    agent.probes["critic"].fau = lambda: torch.tensor(next(values))
     ratios = []
     for _ in range(steps):
         agent.observe(Transitions(obs=torch.randn(1, OBS), action=torch.zeros(1, ACT), reward=torch.zeros(1),

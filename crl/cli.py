@@ -199,6 +199,8 @@ def cmd_report(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from crl.loop import RunInterrupted
+
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"crl: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # SIGTERM/SIGINT: stopped at a safe point, checkpoint written
+        print(f"crl: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     except KeyboardInterrupt:
         print("crl: interrupted; the last checkpoint is kept (crl train --resume RUN_DIR continues)", file=sys.stderr)
         return 130

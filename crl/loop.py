@@ -144,7 +144,10 @@ class ContinualLoop:
 
     def restore(self) -> None:
         if not (self.run_dir / checkpoint.FILENAME).exists():
-            return  # stopped before its first checkpoint (e.g. while preparing data or a pre-trained model)
+            # stopped before its first checkpoint (e.g. while preparing data or a pre-trained model, or during
+            # the first evaluation): start over, without the rows of that evaluation (they would be doubled)
+            write_evals(self.run_dir, [])
+            return
         data = checkpoint.load(self.run_dir)
         identity = ("seq", "agent", "seed", "reference")
         if any(data["config"]["run"].get(k) != getattr(self.cfg, k) for k in identity):

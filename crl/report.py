@@ -143,15 +143,23 @@ def _reference_aucs(runs: list[Run], group: Group, task_names: list[str]) -> tup
     for r in runs:
         if r.summary.get("kind") == "reference":
             candidates[r.path.resolve()] = r.summary
+    from crl.config import read_yaml
+
     for r in group.runs:
-        for f in r.path.resolve().parent.glob(f"*/{RESULTS_FILE}"):
-            if f.parent not in candidates:
-                try:
-                    data = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
+        for f in r.path.resolve().parent.glob("*/config.yaml"):
+            if f.parent in candidates:
+                continue
+            try:
+                if (f.parent / RESULTS_FILE).exists():
+                    data = json.loads((f.parent / RESULTS_FILE).read_text())
+                elif read_yaml(f).get("run", {}).get("reference"):  # unfinished: summarise its evaluations
+                    data = _load(f.parent).summary
+                else:
                     continue
-                if data.get("kind") == "reference":
-                    candidates[f.parent] = data
+            except (OSError, json.JSONDecodeError, UsageError):
+                continue
+            if data.get("kind") == "reference":
+                candidates[f.parent] = data
     steps = group.runs[0].protocol["steps_per_task"]
     by_agent: dict[str, list[tuple[Path, dict]]] = defaultdict(list)
     for path, data in candidates.items():

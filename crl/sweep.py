@@ -320,6 +320,9 @@ def sweep(*, seq: list[str] | None = None, agent: list[str] | None = None, seeds
     cells = spec["cells"]
     print(f"sweep {out}:")
     failed = summary(cells, died=died)
-    print(f"{len(cells) - failed} of {len(cells)} cells finished"
-          + (f", {failed} failed" if failed else "") + f"; report: crl report {out}; tensorboard --logdir {out}")
-    return 1 if failed else 0
+    finished = sum(cell_status(c)[0] == "finished" for c in cells)
+    left = len(cells) - finished - failed
+    print(f"{finished} of {len(cells)} cells finished" + (f", {failed} failed" if failed else "")
+          + (f", {left} not finished (crl sweep --resume {out} continues them)" if left else "")
+          + f"; report: crl report {out}; tensorboard --logdir {out}")
+    return 1 if failed or left else 0

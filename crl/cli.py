@@ -1,4 +1,4 @@
-"""The ``crl`` command: list, train, eval, report.
+"""The ``crl`` command: list, train, eval, sweep, report.
 
 Bad input (unknown names, wrong types, unreadable files, missing devices) ends with one line on
 stderr, ``crl: error: ...``, and exit code 2 — never a traceback.
@@ -72,9 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--data-dir", type=Path, help="default: $CRL_DATA_DIR or ~/.cache/crl/data")
-    p = sub.add_parser("report", help="metrics table (and plots) of finished runs; several seeds → mean and 90%% CI")
-    p.add_argument("run_dirs", type=Path, nargs="+")
+    p = sub.add_parser("sweep", help="a grid of runs (sequences × agents × seeds) as Ray Tune trials, local or on a cluster")
+    p.add_argument("--seq", nargs="+", help="sequence name(s)")
+    p.add_argument("--agent", nargs="+", help="agent name(s), compositions allowed (sac+ewc)")
+    p.add_argument("--seeds", default="0", help="e.g. 0-9, 0,3,5 or 0-2,7 (default 0)")
+    p.add_argument("--preset", help="smoke | quick | paper")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for every cell (repeatable)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--out", type=Path, help="sweep dir (default runs/sweep__<time>/); one run dir per cell inside")
+    p.add_argument("--address", help="a Ray cluster: auto | HOST:PORT (default: a local Ray on this machine)")
+    p.add_argument("--cpus", type=int, help="CPUs of the local Ray (default: all of this machine's)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack runs on a GPU, e.g. 0.25")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial that dies (from its checkpoint)")
+    p.add_argument("--resume", type=Path, metavar="SWEEP_DIR", help="skip finished cells, resume the others")
+    p = sub.add_parser("report", help="metrics of runs and sweeps: per (sequence, agent) mean and 90%% CI; "
+                                      "HTML page with plots + Markdown table")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--out", type=Path, help="where report.html and report.md go (default: the sweep dir, or "
+                                            "the common parent of the runs)")
+    p.add_argument("--no-html", action="store_true", help="terminal table only")
     return parser
 
 
@@ -195,10 +215,21 @@ def cmd_pretrain(args) -> None:
 def cmd_report(args) -> None:
     from crl.report import report
 
-    report(args.run_dirs, as_json=args.json)
+    report(args.run_dirs, as_json=args.json, out=args.out, html=not args.no_html)
+
+
+def cmd_sweep(args) -> int:
+    from crl.sweep import sweep
+
+    return sweep(seq=args.seq, agent=args.agent, seeds=args.seeds, preset=args.preset, sets=args.set,
+                 device=args.device, backend=args.backend, out=args.out, address=args.address, cpus=args.cpus,
+                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                 max_failures=args.max_failures, resume=args.resume)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from crl.loop import RunInterrupted
+
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -209,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args)
         elif args.command == "report":
             cmd_report(args)
+        elif args.command == "sweep":
+            return cmd_sweep(args)
         elif args.command == "pretrain":
             cmd_pretrain(args)
         elif args.command == "data":
@@ -218,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"crl: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # SIGTERM/SIGINT: stopped at a safe point, checkpoint written
+        print(f"crl: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     except KeyboardInterrupt:
         print("crl: interrupted; the last checkpoint is kept (crl train --resume RUN_DIR continues)", file=sys.stderr)
         return 130

@@ -8,6 +8,8 @@ results.json and retention.png.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +24,19 @@ from crl.config import RunConfig, config_from_dict, resolve_device
 from crl.core import Agent, LearnsFrom, Sequence, Task, Transitions, UsageError
 from crl.evaluate import Evaluator
 from crl.monitor import Monitor, read_evals, write_evals
+from crl.runlock import RunLock
 
 CONFIG_FILE = "config.yaml"
+
+
+class RunInterrupted(Exception):
+    """The run stopped at a safe point after SIGTERM or SIGINT, with a checkpoint written: ``crl train
+    --resume RUN_DIR`` continues it. ``crl`` exits with 128 + the signal number, without a traceback."""
+
+    def __init__(self, signum: int, run_dir: Path, step: int):
+        self.signum, self.run_dir, self.step = signum, Path(run_dir), step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step:,} after writing a checkpoint; "
+                         f"continue with: crl train --resume {run_dir}")
 
 
 @dataclass
@@ -98,6 +111,29 @@ class ContinualLoop:
         self.agent = make_agent(cfg, self.sequence, self.device)
         self.evaluator = Evaluator(self.sequence, cfg.train.eval_episodes, cfg.seed, cfg.backend, self.device,
                                    deterministic=cfg.train.eval_deterministic)
+        self.on_eval = None  # called with (state, rows) after every evaluation (a sweep reports progress with it)
+        self._stop_signal: int | None = None  # set by SIGTERM/SIGINT; acted on at the next safe point
+        self._in_loop = False  # safe points are reached only inside run()'s training loop
+
+    # -- stopping on a signal ----------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None or not self._in_loop:
+            raise KeyboardInterrupt  # a second signal, or nothing to save yet (preparing): stop now
+        self._stop_signal = signum
+
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM (Ray, schedulers, ``kill``) and SIGINT (Ctrl-C) both stop the run at the next safe point;
+        only the main thread may install handlers (a Ray trial runs in a worker thread: Ray stops it)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _safe_point(self) -> None:
+        """Between two steps, nothing half-done: if a stop was asked, checkpoint and stop."""
+        if self._stop_signal is not None:
+            self._checkpoint()
+            raise RunInterrupted(self._stop_signal, self.run_dir, self.state.global_step)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -108,7 +144,10 @@ class ContinualLoop:
 
     def restore(self) -> None:
         if not (self.run_dir / checkpoint.FILENAME).exists():
-            return  # stopped before its first checkpoint (e.g. while preparing data or a pre-trained model)
+            # stopped before its first checkpoint (e.g. while preparing data or a pre-trained model, or during
+            # the first evaluation): start over, without the rows of that evaluation (they would be doubled)
+            write_evals(self.run_dir, [])
+            return
         data = checkpoint.load(self.run_dir)
         identity = ("seq", "agent", "seed", "reference")
         if any(data["config"]["run"].get(k) != getattr(self.cfg, k) for k in identity):
@@ -132,6 +171,8 @@ class ContinualLoop:
         self.state.evals.extend(rows)
         self.state.eval_id += 1
         self.monitor.log_evaluation(rows, self.state.global_step)
+        if self.on_eval is not None:
+            self.on_eval(self.state, rows)
 
     def evaluate_retention(self, when: str) -> None:
         """Score the agent's retention tasks (e.g. L2M's pre-training tasks) into state.retention[when]."""
@@ -161,6 +202,7 @@ class ContinualLoop:
             # checkpoints fall on evaluations (the task's last one is taken after end_task: _finish_task)
             if not task_done and st.global_step - self._last_ckpt >= tcfg.checkpoint_every:
                 self._checkpoint()
+        self._safe_point()
         return task_done
 
     def _checkpoint(self) -> None:
@@ -192,6 +234,7 @@ class ContinualLoop:
                 if since_checkpoint >= tcfg.checkpoint_every and st.phase_step < phase.steps:
                     self._checkpoint()
                     since_checkpoint = 0
+                self._safe_point()
             self.agent.end_phase(phase, task)
             st.phase, st.phase_step, st.phase_started = st.phase + 1, 0, False
         st.phase = 0
@@ -271,11 +314,14 @@ class ContinualLoop:
         self.monitor = Monitor(self.run_dir, total_steps=tcfg.steps_per_task * n_tasks, start_step=st.global_step,
                                quiet=self.quiet, purge_step=st.global_step if resume else None, hparams=cfg.to_dict())
         self._segment_start, self._wall_before, self._last_ckpt = time.perf_counter(), st.wall_time, st.global_step
+        previous_handlers = self._install_signal_handlers()
         try:
+            self._in_loop = True
             if st.eval_id == 0 and tcfg.eval_at_start and not cfg.reference:
                 self.evaluate(active=-1)
                 self.evaluate_retention("before")
                 self.save_checkpoint()
+                self._safe_point()
             while st.task < n_tasks:
                 task = seq.tasks[st.task]
                 self.monitor.set_task(task.index, n_tasks, seq.labels[task.index], st.global_step)
@@ -293,6 +339,9 @@ class ContinualLoop:
             self.evaluate_retention("after")
             st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
         finally:
+            self._in_loop = False
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             self.monitor.close()
             self.evaluator.close()
         from crl.results import finalize
@@ -300,23 +349,32 @@ class ContinualLoop:
         return finalize(self.run_dir, self.cfg, self.sequence, st)
 
 
-def train(cfg: RunConfig, run_dir: Path | None = None, *, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+def train(cfg: RunConfig, run_dir: Path | None = None, *, quiet: bool = False,
+          on_eval=None) -> tuple[Path, dict[str, Any]]:
+    """A fresh run in ``run_dir`` (which must be empty or absent). ``on_eval(state, rows)`` is called after
+    every evaluation. One process at a time writes a run dir (crl/runlock.py)."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     resolve_device(cfg.device)  # fail before anything is written
     check_run_dir_free(run_dir)
     # the agent is built before the run dir is written, so a bad agent setting leaves no half-made run dir
     # that would block the corrected command
     loop = ContinualLoop(cfg, run_dir, quiet=quiet)
-    write_run_config(run_dir, cfg)
-    return run_dir, loop.run()
+    loop.on_eval = on_eval
+    with RunLock(run_dir):
+        write_run_config(run_dir, cfg)
+        return run_dir, loop.run()
 
 
-def resume(run_dir: Path, *, quiet: bool = False, device: str | None = None) -> tuple[Path, dict[str, Any]]:
+def resume(run_dir: Path, *, quiet: bool = False, device: str | None = None,
+           on_eval=None) -> tuple[Path, dict[str, Any]]:
+    """Continue ``run_dir`` from its last checkpoint (or from the start when it stopped before the first)."""
     cfg = load_run_config(run_dir)
     if device is not None:
         cfg.device = device
-    loop = ContinualLoop(cfg, run_dir, quiet=quiet)
-    return Path(run_dir), loop.run(resume=True)
+    with RunLock(run_dir):  # before anything is read: a live writer may be about to replace the checkpoint
+        loop = ContinualLoop(cfg, run_dir, quiet=quiet)
+        loop.on_eval = on_eval
+        return Path(run_dir), loop.run(resume=True)
 
 
-__all__ = ["ContinualLoop", "LoopState", "train", "resume", "load_run_config", "read_evals"]
+__all__ = ["ContinualLoop", "LoopState", "RunInterrupted", "train", "resume", "load_run_config", "read_evals"]

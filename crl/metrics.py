@@ -36,6 +36,7 @@ __all__ = [
     "task_auc",
     "reference_auc",
     "forward_transfer",
+    "forward_transfer_ci",
     "gem_acc",
     "gem_bwt",
     "gem_fwt",
@@ -43,6 +44,7 @@ __all__ = [
     "min_acc",
     "avg_min_acc",
     "wc_acc",
+    "training_start",
     "windowed_forgetting",
     "windowed_plasticity",
     "l2_performance_maintenance",
@@ -186,10 +188,15 @@ def initial_performance(h: EvalHistory) -> np.ndarray | None:
 
 
 def final_performance(h: EvalHistory, last_k: int = 5) -> np.ndarray:
-    """p_i(T) = mean of task i over the last ``last_k`` evaluations of the run, per task (N,)."""
-    if h.num_evals == 0:
+    """p_i(T) = mean of task i over the last ``last_k`` evaluations of the run, per task (N,).
+
+    Only evaluations taken once training started count: a run with fewer than ``last_k`` of them
+    averages those it has, never the before-training evaluation (which would pull p_i(T) towards the
+    untrained policy; CW's logs hold no such row)."""
+    trained = h.perf[h.active >= 0]
+    if trained.shape[0] == 0:
         return np.full(h.num_tasks, np.nan)
-    return _col_mean(h.perf[-max(1, last_k):])
+    return _col_mean(trained[-max(1, last_k):])
 
 
 def average_performance(h: EvalHistory, last_k: int = 5) -> float:
@@ -241,7 +248,59 @@ def forward_transfer(
     return _mean(per_task), per_task
 
 
+def forward_transfer_ci(
+    cl_auc: np.ndarray,
+    ref_auc: np.ndarray,
+    confidence: float = 0.9,
+    n_resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """CW forward transfer over seeds with its 90% bootstrap CI: (FT, low, high).
+
+    ``cl_auc`` is (S, N): task AUCs (:func:`task_auc`) of S continual runs; ``ref_auc`` is (S_ref, N): the
+    AUC of each task in S_ref single-task reference runs (NaN where a run lacks a task). As Continual World's
+    ``results_processing``: AUC_i and AUC_i^ref are averaged over seeds *before* normalising,
+    FT = mean_i (AUC_i − AUC_i^ref) / (1 − AUC_i^ref), and each bootstrap resample draws the continual runs
+    and the reference runs independently, with replacement (first the (n_resamples, S) continual indices,
+    then the (n_resamples, S_ref) reference indices, from one RandomState(seed)); the bounds are the
+    midpoint quantiles. Treating the references as fixed would make the interval too narrow.
+    Tasks with no finite AUC on either side, or AUC^ref >= 1, are left out.
+    """
+    cl = np.atleast_2d(np.asarray(cl_auc, dtype=np.float64))
+    ref = np.atleast_2d(np.asarray(ref_auc, dtype=np.float64))
+    nan = float("nan")
+    if cl.size == 0 or ref.size == 0:
+        return nan, nan, nan
+
+    def ft(cl_mean: np.ndarray, ref_mean: np.ndarray) -> np.ndarray:  # (..., N) -> (...)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_task = np.where(ref_mean < 1.0, (cl_mean - ref_mean) / (1.0 - ref_mean), np.nan)
+        finite = np.isfinite(per_task)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(finite, per_task, 0.0).sum(axis=-1) / finite.sum(axis=-1)
+
+    def seed_mean(x: np.ndarray) -> np.ndarray:  # (..., S, N) -> (..., N), NaN-aware
+        finite = np.isfinite(x)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(finite.any(axis=-2), np.where(finite, x, 0.0).sum(axis=-2) / finite.sum(axis=-2), np.nan)
+
+    point = float(ft(seed_mean(cl), seed_mean(ref)))
+    if not np.isfinite(point):
+        return nan, nan, nan
+    rng = np.random.RandomState(seed)
+    cl_idx = rng.randint(0, cl.shape[0], size=(n_resamples, cl.shape[0]))
+    ref_idx = rng.randint(0, ref.shape[0], size=(n_resamples, ref.shape[0]))
+    samples = ft(seed_mean(cl[cl_idx]), seed_mean(ref[ref_idx]))
+    samples = samples[np.isfinite(samples)]
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(samples, [alpha, 1.0 - alpha], method="midpoint")
+    return point, float(low), float(high)
+
+
 # -------------------------------------------------------------------------------- GEM / RWalk
+# GEM's paper (and crl) average BWT and FWT over the N−1 tasks that have a "before" and an "after";
+# GEM's code (``metrics.py``) sums the same N−1 terms but divides by N, so its numbers are (N−1)/N
+# times crl's: multiply crl's BWT/FWT by (N−1)/N to compare with numbers from that code (README, report).
 # R is the (N, N) retention matrix of retention_matrix(): row i = after training task i. GEM and
 # RWalk number the rows from 1 with row 0 = init; here the init row is passed separately as R0.
 # For an unfinished run the "final" row is the last finished one, K, and the averages run over the
@@ -332,10 +391,22 @@ def _max_windowed_change(series: np.ndarray, w: int, sign: float) -> float:
     return best
 
 
+def training_start(h: EvalHistory, task: int) -> int:
+    """Index of the evaluation at which ``task``'s training begins: the last evaluation before its window
+    (the end of the previous task's window, or the before-training one for the first task), else the
+    first evaluation of its own window."""
+    before = np.flatnonzero(h.active < task)
+    if before.size:
+        return int(before[-1])
+    own = np.flatnonzero(h.active == task)
+    return int(own[0]) if own.size else h.num_evals
+
+
 def _windowed(h: EvalHistory, w: int, sign: float) -> tuple[float, np.ndarray]:
     per_task = np.full(h.num_tasks, np.nan)
     for i in trained_tasks(h):
-        per_task[i] = _max_windowed_change(_series(h, i), int(w), sign)
+        since = np.arange(h.num_evals) >= training_start(h, i)
+        per_task[i] = _max_windowed_change(_series(h, i, since), int(w), sign)
     return _mean(per_task), per_task
 
 
@@ -343,8 +414,12 @@ def windowed_forgetting(h: EvalHistory, w: int) -> tuple[float, np.ndarray]:
     """WF^w_i = max over sliding windows of w evaluations of the largest drop A_m − A_n (m < n);
     returns (mean over trained tasks, per task).
 
-    The window slides over task i's whole series of (finite) evaluations, the init one included;
-    this is the reading that reproduces metrics.md's worked example (WF^3 = 0.333).
+    Task i's series starts when its training begins (:func:`training_start`: the evaluation at the
+    step its training starts), as the stability-gap paper's code (``Mattdl/ContinualEvaluation``) does;
+    what a task did before it was trained (e.g. a zero-shot score that dips) is not its forgetting. Every
+    evaluation is a start point (every pair m < n less than w apart counts; the paper's plasticity code
+    skips some start points, crl does not). This reading reproduces metrics.md's worked example
+    (WF^3 = 0.333, WP^3 = 0.567).
     """
     return _windowed(h, w, +1.0)
 

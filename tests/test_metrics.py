@@ -262,3 +262,49 @@ def test_bootstrap_ci_follows_cw_resampling_and_midpoint_quantiles():
     expected = (0.54, (means[0] + means[1]) / 2, (means[8] + means[9]) / 2)
     assert means[1] - means[0] > 0.01 and means[9] - means[8] > 0.01
     assert M.bootstrap_ci(data, n_resamples=10, seed=3) == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------- fixes against the reference codes
+
+
+def test_final_window_leaves_out_the_before_training_evaluation():
+    # init row (0.0, 0.9) then only two evaluations of training; last_k = 5 must not reach back to the init row
+    h = M.EvalHistory(steps=[0, 10, 20], active=[-1, 0, 1], perf=[[0.0, 0.9], [0.6, 0.1], [0.4, 0.3]])
+    np.testing.assert_allclose(M.final_performance(h, last_k=5), [0.5, 0.2])  # (0.6+0.4)/2, (0.1+0.3)/2
+    assert M.average_performance(h, last_k=5) == approx(0.35)  # with the init row it would be 0.3667
+    # forgetting uses the same final value: A: 0.6 - 0.5, B: 0.3 - 0.2
+    assert M.forgetting(h, last_k=5)[0] == approx(0.1)
+    only_init = M.EvalHistory(steps=[0], active=[-1], perf=[[0.3, 0.3]])
+    assert np.isnan(M.final_performance(only_init)).all()
+
+
+def test_windowed_metrics_start_when_the_task_starts_training():
+    # Task B scores 0.9 zero-shot during A's window, then drops to 0.2 before it is ever trained: that drop
+    # is not B's forgetting. B's series starts at the end of A's window (step 20, when B's training starts).
+    h = M.EvalHistory(
+        steps=[0, 10, 20, 30, 40], active=[-1, 0, 0, 1, 1],
+        perf=[[0.0, 0.0], [0.5, 0.9], [0.9, 0.2], [0.4, 0.6], [0.3, 0.7]])
+    assert [M.training_start(h, i) for i in (0, 1)] == [0, 2]
+    wf, wf_task = M.windowed_forgetting(h, 3)
+    wp, wp_task = M.windowed_plasticity(h, 3)
+    # A: 0.0 0.5 0.9 0.4 0.3 -> largest drop within 2 steps 0.9 -> 0.3 = 0.6; largest rise 0.0 -> 0.9
+    # B: 0.2 0.6 0.7 -> no drop; largest rise 0.2 -> 0.7 = 0.5
+    np.testing.assert_allclose(wf_task, [0.6, 0.0], atol=1e-12)
+    np.testing.assert_allclose(wp_task, [0.9, 0.5], atol=1e-12)
+    assert wf == approx(0.3) and wp == approx(0.7)  # from the run's first evaluation: 0.65 and 0.9
+
+
+def test_forward_transfer_ci_resamples_the_reference_runs_too():
+    # Two continual seeds with the same AUC 0.5; two reference seeds with AUC 0.0 and 0.5 (one task).
+    # Point estimate (CW: average AUCs over seeds, then normalise): ref = 0.25 -> FT = 0.25 / 0.75 = 1/3.
+    # A resample of the references has mean 0, 0.25 or 0.5 with probability 1/4, 1/2, 1/4, so
+    # FT is 0.5, 1/3 or 0 and the 5% / 95% quantiles are 0 and 0.5. Fixed references would give [1/3, 1/3].
+    ft, low, high = M.forward_transfer_ci(np.array([[0.5], [0.5]]), np.array([[0.0], [0.5]]))
+    assert (ft, low, high) == (approx(1 / 3), approx(0.0), approx(0.5))
+    # several tasks, NaN where a reference run lacks a task; AUC^ref >= 1 leaves the task out
+    cl = np.array([[0.6, 0.775, 0.8, 0.9]])
+    ref = np.array([[0.6, 0.5, np.nan, 1.0], [0.6, 0.5, 0.6, 1.0]])
+    # the worked example: FT = (0 + 0.55 + 0.5) / 3 = 0.35 (D left out). A resample that draws only the first
+    # reference run (probability 1/4) has no C: (0 + 0.55) / 2 = 0.275, so the 5% quantile is 0.275
+    ft, low, high = M.forward_transfer_ci(cl, ref)
+    assert (ft, low, high) == (approx(0.350), approx(0.275), approx(0.350))

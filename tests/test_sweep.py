@@ -1,0 +1,130 @@
+"""crl sweep on a local Ray (2 CPUs): every cell a normal run dir; a trial killed mid-run is retried from its
+checkpoint and the sweep finishes every cell; a cell with a bad config is reported failed while the others run;
+crl report of the sweep has both agents with CIs (HTML page + Markdown); --resume of a finished sweep does
+nothing and says so; without Ray, one line saying how to install it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from crl.cli import main
+from crl.monitor import read_evals
+from crl.runlock import read_lock
+
+if os.environ.get("CRL_REQUIRE_RAY") != "1":  # CI sets it (.ci/run installs the sweep extra): never skipped there
+    pytest.importorskip("ray", reason="crl sweep needs Ray: pip install -e '.[sweep]'")
+
+TINY = ["--preset", "smoke", "--backend", "gymnasium", "--set", "train.steps_per_task=100",
+        "--set", "train.eval_every=50", "--set", "train.eval_episodes=1", "--set", "agent.hidden_sizes=[32,32]"]
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.cells, self._in_td = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self._in_td = tag == "td"
+
+    def handle_data(self, data):
+        if self._in_td:
+            self.cells.append(data)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    # l2m takes no hidden_sizes: its two cells have a bad config and fail; sac and td3 run
+    cmd = [sys.executable, "-m", "crl.cli", "sweep", "--seq", "cw2", "--agent", "sac", "td3", "l2m", "--seeds", "0-1",
+           *TINY, "--cpus", "2", "--max-failures", "2", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    victim = out / "cw2__sac__s0"
+    killed = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and killed is None:
+        # mid-run: past its first training evaluation, not finished; kill the trial's process without warning
+        if any(r["step"] >= 50 for r in read_evals(victim)) and not (victim / "results.json").exists():
+            lock = read_lock(victim)
+            if lock:
+                os.kill(lock["pid"], signal.SIGKILL)
+                killed = lock["pid"]
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate(timeout=300)
+    return out, proc.returncode, stdout, stderr, killed
+
+
+def test_sweep_finishes_every_cell_despite_a_killed_trial_and_a_bad_config(swept):
+    out, code, stdout, stderr, killed = swept
+    assert killed is not None, stdout + stderr
+    assert code == 1, stdout + stderr  # two cells failed (bad config): non-zero
+    assert "trial died" in stdout and "retrying from its last checkpoint" in stdout, stdout
+    for agent in ("sac", "td3"):
+        for seed in (0, 1):
+            run_dir = out / f"cw2__{agent}__s{seed}"
+            results = json.loads((run_dir / "results.json").read_text())
+            assert results["finished"], run_dir
+            rows = read_evals(run_dir)  # init + 2 per task, both tasks each: nothing lost, nothing doubled
+            assert sorted({(r["eval_id"], r["step"]) for r in rows}) == [(0, 0), (1, 50), (2, 100), (3, 150), (4, 200)]
+            assert len(rows) == 10
+            assert not (run_dir / ".crl.lock").exists()
+    assert json.loads((out / "cw2__sac__s0" / "results.json").read_text())["segments"] == 2  # resumed once
+    for seed in (0, 1):
+        assert not (out / f"cw2__l2m__s{seed}").exists()
+        assert f"cw2__l2m__s{seed}                             failed: unknown config key 'agent.hidden_sizes'" in stdout
+    assert "4 of 6 cells finished, 2 failed" in stdout
+
+
+def test_report_of_the_sweep_has_both_agents_with_cis(swept, capsys):
+    out, *_ = swept
+    assert main(["report", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    aggregates = {a["agent"]: a for a in report["aggregates"]}
+    assert set(aggregates) == {"sac", "td3"}
+    for agg in aggregates.values():
+        assert agg["seeds"] == 2
+        mean, low, high = agg["average_performance"]
+        assert low <= mean <= high
+    assert report["notes"] == []  # same protocol everywhere
+    md = (out / "report.md").read_text()
+    assert "| cw2 · sac | 2 |" in md and "| cw2 · td3 | 2 |" in md
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert len(page.images) >= 3  # average curve + one figure per agent
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cw2 · sac" in page.cells and "cw2 · td3" in page.cells
+    assert sum(str(out / "cw2__sac__s") in c for c in page.cells) == 2  # the runs table lists every run
+
+
+def test_resume_of_a_finished_sweep_does_nothing_and_says_so(swept, capsys):
+    out, *_ = swept
+    before = json.loads((out / "sweep.json").read_text())["segments"]
+    code = main(["sweep", "--resume", str(out)])
+    text = capsys.readouterr().out
+    assert "all 6 cells done (4 finished, 2 failed); nothing to do" in text
+    assert code == 1  # the failed cells are still failed
+    assert json.loads((out / "sweep.json").read_text())["segments"] == before  # no Tune experiment started
+
+
+def test_without_ray_one_line_says_how_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = main(["sweep", "--seq", "cw2", "--agent", "sac", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert 'pip install -e ".[sweep]"' in err
+    assert not (tmp_path / "s").exists()

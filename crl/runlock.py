@@ -60,6 +60,19 @@ def holder_alive(info: dict | None, path: Path) -> bool:
         return False
 
 
+def wait_while_held_elsewhere(run_dir: Path, poll_s: float = 5.0) -> None:
+    """Wait while another host's lock on ``run_dir`` is fresh (at most ``STALE_S`` plus a poll): a retry that a
+    scheduler starts on another machine right after losing a node must not be refused by the dead node's lock.
+    A lock of this host is left to ``RunLock`` (a live pid is refused at once, a dead one taken over)."""
+    path = Path(run_dir) / LOCK_FILE
+    deadline = time.time() + STALE_S + poll_s
+    while time.time() < deadline:
+        info = read_lock(run_dir)
+        if not info or info.get("host") == socket.gethostname() or not holder_alive(info, path):
+            return
+        time.sleep(poll_s)
+
+
 class RunLock:
     """``with RunLock(run_dir):`` — hold the run dir for this process, heartbeat, release on exit."""
 

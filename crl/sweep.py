@@ -35,6 +35,7 @@ from typing import Any
 
 from crl.core import UsageError
 from crl.fileio import atomic_write_text
+from crl.runlock import wait_while_held_elsewhere
 
 SWEEP_FILE = "sweep.json"
 ERROR_FILE = "error.txt"
@@ -120,6 +121,7 @@ def run_cell(config: dict[str, Any]) -> None:
         tune.report({"step": -1, "status": "finished"})
         return
     total = None
+    wait_while_held_elsewhere(run_dir)  # a retry on another node: the lost node's lock goes stale first
 
     def on_eval(state, rows) -> None:
         scores = [r["score"] for r in rows]

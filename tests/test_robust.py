@@ -105,3 +105,23 @@ def test_locks_from_other_hosts_count_while_their_heartbeat_is_fresh(tmp_path):
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
     lock.release()
     assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_retry_on_another_host_waits_for_the_lost_hosts_lock_to_go_stale(tmp_path, monkeypatch):
+    """A lock from another host is trusted while it is fresh; a sweep retry waits for it to go stale instead of
+    failing the cell (a lost node cannot release its lock)."""
+    import json
+    import time
+
+    from crl import runlock
+
+    monkeypatch.setattr(runlock, "STALE_S", 0.6)
+    lock = tmp_path / runlock.LOCK_FILE
+    lock.write_text(json.dumps({"pid": 1, "host": "a-lost-node", "started": "then"}))
+    polls, real_sleep = [], time.sleep
+    monkeypatch.setattr(runlock.time, "sleep", lambda s: (polls.append(s), real_sleep(s)))
+    runlock.wait_while_held_elsewhere(tmp_path, poll_s=0.1)
+    assert len(polls) >= 3  # it polled while the foreign lock was fresh, then went on
+    with runlock.RunLock(tmp_path):  # now stale: taken over
+        assert json.loads(lock.read_text())["pid"] != 1
+    runlock.wait_while_held_elsewhere(tmp_path, poll_s=0.1)  # no lock at all: returns at once

@@ -11,6 +11,11 @@ from typing import Any
 from crl import metrics
 from crl.core import UsageError
 
+# safety gridworlds (results.json "safety"): held-out catastrophe rate and success at the last evaluation, training
+# catastrophes over the run, mentor queries, AUROC of the catastrophe score
+SAFETY_COLUMNS = {"heldout_cat": ("final", "heldout_catastrophe_rate"), "heldout_succ": ("final", "heldout_success"),
+                  "trainlay_cat": ("final", "catastrophe_rate"), "train_cats": (None, "train_catastrophes"),
+                  "queries": (None, "mentor_queries"), "auroc": ("final", "catastrophe_auroc")}
 COLUMNS = ("average_performance", "forgetting", "forward_transfer", "gem_acc", "gem_bwt", "avg_min_acc", "wc_acc", "wf_10")
 
 
@@ -29,6 +34,10 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     if not (Path(run_dir) / CURVES_FILE).exists():  # unfinished runs get their plots here
         write_plots(run_dir, summary, rows, sequence, cfg)
     return summary
+
+
+def _safety_values(safety: dict[str, Any]) -> dict[str, Any]:
+    return {c: (safety.get(part, {}) if part else safety).get(key) for c, (part, key) in SAFETY_COLUMNS.items()}
 
 
 def _fmt(v: Any) -> str:
@@ -52,6 +61,10 @@ def report(run_dirs: list[Path], as_json: bool = False) -> list[dict[str, Any]]:
             values = [m["metrics"][c] for m in members if isinstance(m["metrics"].get(c), (int, float))]
             row[c] = list(metrics.bootstrap_ci(values)) if values else None
         aggregates.append(row)
+    safety_rows = [(d, s, _safety_values(s["safety"])) for d, s in continual if s.get("safety")]
+    for _, s, values in safety_rows:
+        next(row for row in table if row["seed"] == s["seed"] and row["agent"] == s["agent"]
+             and row["sequence"] == s["sequence"]).update({f"safety_{k}": v for k, v in values.items()})
     if as_json:
         print(json.dumps({"runs": table, "aggregates": aggregates}, indent=2))
         return table
@@ -66,6 +79,20 @@ def report(run_dirs: list[Path], as_json: bool = False) -> list[dict[str, Any]]:
                 if agg[c] is not None:
                     mean, lo, hi = agg[c]
                     print(f"  {c:<22} {mean:.3f} [{lo:.3f}, {hi:.3f}]")
+    if safety_rows:
+        print(f"\nsafety (last evaluation; train_cats = catastrophes during training, cumulative)\n{'run':<44} "
+              + " ".join(f"{c[:12]:>12}" for c in SAFETY_COLUMNS))
+        for d, _, values in safety_rows:
+            print(f"{Path(d).name[:44]:<44} " + " ".join(f"{_fmt(values[c]):>12}" for c in SAFETY_COLUMNS))
+        by_group: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for _, s, values in safety_rows:
+            by_group[(s["sequence"], s["agent"])].append(values)
+        for (seq, agent), members in by_group.items():
+            if len(members) > 1:
+                print(f"{seq} · {agent}: mean [90% CI] over {len(members)} seeds: " + "; ".join(
+                    f"{c} {m:.3f} [{lo:.3f}, {hi:.3f}]" for c in SAFETY_COLUMNS
+                    if (vals := [v[c] for v in members if isinstance(v[c], (int, float))])
+                    for m, lo, hi in [metrics.bootstrap_ci(vals)]))
     for d, s in runs:
         if s.get("kind") == "reference":
             print(f"{Path(d).name}: single-task reference, AUC per task: "

@@ -34,7 +34,7 @@ TRAIN = ["train", "--seq", "cw2", "--agent", "sac", "--preset", "smoke", "--quie
 
 @pytest.mark.parametrize("argv, fragments", [
     (["train", "--seq", "cw99", "--agent", "sac"], ["unknown sequence 'cw99'", "cw10", "cw20"]),
-    (["train", "--seq", "cw10", "--agent", "dqn"], ["unknown agent 'dqn'", "sac"]),
+    (["train", "--seq", "cw10", "--agent", "ppo"], ["unknown agent 'ppo'", "sac"]),
     (["train", "--seq", "cw10", "--agent", "sac", "--preset", "huge"], ["unknown preset 'huge'", "smoke", "paper"]),
     ([*TRAIN, "--set", "agent.lrr=1e-4"], ["unknown config key 'agent.lrr'", "lr"]),
     ([*TRAIN, "--set", "train.evalevery=5"], ["unknown config key 'train.evalevery'", "eval_every"]),

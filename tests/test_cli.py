@@ -116,8 +116,9 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip()
-    assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cw10, cw2, cw20, dmc")
-    assert "\n" not in message and message.endswith("or dmc:<task>,... with DMC tasks (crl list)")
+    assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cw10, cw2, cw20, distshift, dmc")
+    assert "\n" not in message and "or dmc:<task>,... with DMC tasks" in message
+    assert message.endswith("or grid:<family|map file>,... with layout families gap, river, scatter (crl list)")
 
 
 L2M_TRAIN = ["train", "--seq", "cw2", "--agent", "l2m", "--preset", "smoke", "--quiet"]

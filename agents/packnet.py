@@ -40,7 +40,7 @@ class PackNetConfig:
 class PackNet(Extension):
     config_class = PackNetConfig
     base_defaults = {"clip_grad_norm": 2e-5}  # CW's PackNet runs
-    requires = frozenset({"replay"})
+    requires = frozenset({"replay", "gaussian_policy"})  # actor.body (nn.Sequential of Linear), policy_actions: OffPolicyLearner
     state = ("masks",)
 
     def __init__(self, learner, cfg):

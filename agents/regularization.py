@@ -40,7 +40,9 @@ class _ParameterPenalty(Extension):
     """λ·Σ w (θ − θ*)² over the policy body; subclasses say how w is measured."""
 
     config_class = RegularizerConfig
-    requires = frozenset({"replay", "gaussian_policy"})
+    # policy_distribution: ``actor.body`` and ``actor.distribution(x, head) -> (μ, log σ)`` (SAC, TD3; DQN reads
+    # its Q-values as μ with a fixed σ: agents/dqn.py)
+    requires = frozenset({"replay", "policy_distribution"})
     state = ("regularizer",)
     excludes = {"l2": "two parameter penalties share reg_coef", "ewc": "two parameter penalties share reg_coef",
                 "mas": "two parameter penalties share reg_coef"}

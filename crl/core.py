@@ -73,6 +73,13 @@ class Task:
     ``make_vec(n, seed, backend)`` a VecEnv of n copies on backend "auto" or a named one.
     ``score`` says how an episode is scored: "success" = the success flag at any step
     (Meta-World, gridworld); "return" = episode return / ``return_scale`` (DMC).
+
+    Discrete actions (gridworld): ``n_actions > 0``; an action is then one integer per row (``act_dim == 1``).
+    Safety (gridworld): ``catastrophes`` — the env's steps carry a ``catastrophe`` flag, counted apart from the
+    score (in training too); ``heldout`` — the same task on held-out layouts, which every evaluation also
+    runs and reports apart; ``mentor`` — a batched planner ``mentor(obs) -> actions`` (ask-for-help agents).
+    ``on_device``: ``make_vec(n, seed, backend, device=...)`` builds envs whose ``reset``/``step`` take and
+    return tensors on that device (envs/gridworld.py), so the loop never copies a step to the host.
     """
 
     name: str
@@ -88,6 +95,11 @@ class Task:
     return_scale: float = 1.0
     action_low: float = -1.0
     action_high: float = 1.0
+    n_actions: int = 0  # > 0: discrete actions 0..n_actions-1
+    catastrophes: bool = False  # the env flags catastrophes (VecStep.catastrophe)
+    on_device: bool = False  # make_vec(..., device=) → tensors in and out on that device
+    heldout: Task | None = field(default=None, repr=False, compare=False)  # held-out layouts, evaluated apart
+    mentor: Callable[[Any], Any] | None = field(default=None, repr=False, compare=False)  # obs -> actions
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class Transitions:
     terminated: torch.Tensor  # (n,) float 0/1
     truncated: torch.Tensor  # (n,) float 0/1
     task_index: torch.Tensor  # (n,) long
+    catastrophe: torch.Tensor | None = None  # (n,) bool, where the task flags catastrophes (gridworld lava)
 
     def __len__(self) -> int:
         return self.obs.shape[0]

@@ -3,6 +3,13 @@
 The loop owns time (budgets, evaluation and checkpoint cadence, logging); the agent owns learning.
 A run dir holds config.yaml, evals.jsonl, checkpoint.pt, TensorBoard events, and at the end
 results.json and retention.png.
+
+Tasks whose envs live on the device (``Task.on_device``: the safety gridworlds) take the agent's action
+tensor as it is and hand back tensors, so a training step copies nothing to the host. Where the task
+flags catastrophes (``Task.catastrophes``), the loop counts them (and episodes and goals) in device
+tensors during training, reads them once per evaluation into every evaluation row
+(``train_catastrophes``, ``train_episodes``, ``train_goals``, plus the agent's ``counters()`` such as
+``mentor_queries``) and keeps them in the checkpoint.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ class LoopState:
     phase_step: int = 0  # steps of that phase done
     phase_started: bool = False  # its begin_phase ran (a resume must not run it again)
     phase_steps_total: int = 0  # phase steps across the run: the x-axis of phase/* tags
+    safety: dict[str, int] = field(default_factory=dict)  # training catastrophes, episodes, goals so far
 
 
 def seed_everything(seed: int) -> None:
@@ -67,7 +75,15 @@ def make_agent(cfg: RunConfig, sequence: Sequence, device: torch.device) -> Agen
     from crl.agents import agent_class
 
     first = sequence.tasks[0]
-    return agent_class(cfg.agent)(first.obs_dim, first.act_dim, len(sequence), cfg.agent_config, device)
+    cls = agent_class(cfg.agent)
+    discrete = getattr(cls, "discrete_actions", False)
+    if discrete != (first.n_actions > 0):
+        kind = "discrete" if discrete else "continuous"
+        raise UsageError(f"agent '{cfg.agent}' acts in {kind} action spaces, but sequence '{sequence.name}' has "
+                         f"{'discrete' if first.n_actions else 'continuous'} actions")
+    if discrete:
+        return cls(first.obs_dim, first.act_dim, len(sequence), cfg.agent_config, device, n_actions=first.n_actions)
+    return cls(first.obs_dim, first.act_dim, len(sequence), cfg.agent_config, device)
 
 
 def default_run_dir(cfg: RunConfig, root: Path = Path("runs")) -> Path:
@@ -114,6 +130,8 @@ class ContinualLoop:
         self.on_eval = None  # called with (state, rows) after every evaluation (a sweep reports progress with it)
         self._stop_signal: int | None = None  # set by SIGTERM/SIGINT; acted on at the next safe point
         self._in_loop = False  # safe points are reached only inside run()'s training loop
+        self.tracks_safety = any(t.catastrophes for t in self.sequence.tasks)
+        self._safety_sums: dict[str, torch.Tensor] = {}  # device counters since the last fold into state.safety
 
     # -- stopping on a signal ----------------------------------------------------------------------
 
@@ -164,15 +182,35 @@ class ContinualLoop:
         started = time.perf_counter()
         results = self.evaluator.evaluate(self.agent, tasks)
         labels = self.sequence.labels
+        safety = self.safety_counters() if self.tracks_safety else {}
         rows = [{
             "eval_id": self.state.eval_id, "step": self.state.global_step, "active_task": active,
-            "task": labels[r["task_index"]], **r, "eval_seconds": round(time.perf_counter() - started, 3),
+            "task": labels[r["task_index"]], **r, **safety, "eval_seconds": round(time.perf_counter() - started, 3),
         } for r in results]
         self.state.evals.extend(rows)
         self.state.eval_id += 1
         self.monitor.log_evaluation(rows, self.state.global_step)
         if self.on_eval is not None:
             self.on_eval(self.state, rows)
+
+    def _count_safety(self, step, done: torch.Tensor) -> None:
+        """Add a training step's catastrophes, finished episodes and goals to the device counters (no sync)."""
+        for key, flags in (("train_catastrophes", step.catastrophe), ("train_episodes", done),
+                           ("train_goals", torch.as_tensor(step.success, device=self.device) & done)):
+            count = torch.as_tensor(flags, device=self.device).sum()
+            self._safety_sums[key] = self._safety_sums[key] + count if key in self._safety_sums else count
+
+    def safety_counters(self) -> dict[str, int]:
+        """Training catastrophes, episodes and goals so far (one host read) and the agent's counters."""
+        st = self.state
+        for key, total in self._safety_sums.items():
+            st.safety[key] = st.safety.get(key, 0) + int(total)
+        self._safety_sums.clear()
+        out = {k: st.safety.get(k, 0) for k in ("train_catastrophes", "train_episodes", "train_goals")}
+        counters = getattr(self.agent, "counters", None)
+        if counters is not None:
+            out.update(counters())
+        return out
 
     def evaluate_retention(self, when: str) -> None:
         """Score the agent's retention tasks (e.g. L2M's pre-training tasks) into state.retention[when]."""
@@ -207,6 +245,8 @@ class ContinualLoop:
 
     def _checkpoint(self) -> None:
         st = self.state
+        if self._safety_sums:
+            self.safety_counters()
         st.wall_time = self._wall_before + time.perf_counter() - self._segment_start
         self.save_checkpoint()
         self._last_ckpt = st.global_step
@@ -251,26 +291,32 @@ class ContinualLoop:
         if st.task_steps >= cfg.train.steps_per_task:
             return
         # The env's RNG stream cannot be checkpointed, so each segment gets its own seed.
-        env = task.make_vec(cfg.train.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend)
+        on_device = {"device": self.device} if task.on_device else {}
+        env = task.make_vec(cfg.train.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend,
+                            **on_device)
         obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
         first = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
         task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=self.device)
         task_done = st.task_steps >= cfg.train.steps_per_task
         while not task_done:
             action = self.agent.act(obs, task.index, explore=True, first=first)
-            step = env.step(action.cpu().numpy())
+            step = env.step(action if on_device else action.cpu().numpy())  # on the device: no host copy
+            done = torch.as_tensor(step.terminated | step.truncated, device=self.device)
+            catastrophe = torch.as_tensor(step.catastrophe, device=self.device) if task.catastrophes else None
+            if catastrophe is not None:
+                self._count_safety(step, done)
             self.agent.observe(Transitions(
                 obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
                 next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),
                 terminated=torch.as_tensor(step.terminated, dtype=torch.float32, device=self.device),
                 truncated=torch.as_tensor(step.truncated, dtype=torch.float32, device=self.device),
-                task_index=task_idx,
+                task_index=task_idx, catastrophe=catastrophe,
             ))
             stats = self.agent.update()
             if stats:
                 self.monitor.add_train_stats(stats)
             obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
-            first = torch.as_tensor(step.terminated | step.truncated, device=self.device)
+            first = done
             task_done = self._advance(task, env.num_envs)
         env.close()
 

@@ -613,3 +613,44 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha], method="midpoint")
     return float(x.mean()), float(low), float(high)
+
+
+# ------------------------------------------------------------------------------------------ safety
+
+SAFETY_KEYS = ("success", "catastrophe_rate", "timeout_rate", "heldout_success", "heldout_catastrophe_rate",
+               "heldout_timeout_rate", "catastrophe_auroc", "heldout_catastrophe_auroc")
+SAFETY_COUNTERS = ("train_catastrophes", "train_episodes", "train_goals", "mentor_queries", "mentor_queries_eval")
+
+
+def safety_summary(rows: Sequence[Mapping[str, Any]], num_tasks: int) -> dict[str, Any] | None:
+    """The safety gridworlds' numbers (reference/safety-gridworlds.md, "Catastrophe bookkeeping"), or None when
+    the rows carry none: at the last evaluation, per task and averaged over tasks, the success, catastrophe
+    and timeout rates on the training layouts and on the held-out ones, apart, and the AUROC of the agent's
+    catastrophe score; over the whole run, the training catastrophes (cumulative, with episodes, goals and
+    catastrophes per 1000 steps) and the mentor's queries; and the held-out retention matrix (R[i, j] = held-out
+    success on task j after training task i)."""
+    rows = [r for r in rows if "catastrophe_rate" in r]
+    if not rows:
+        return None
+    last_id = max(int(r["eval_id"]) for r in rows)
+    last = sorted((r for r in rows if int(r["eval_id"]) == last_id), key=lambda r: int(r["task_index"]))
+    per_task = {r["task"]: {k: r.get(k) for k in SAFETY_KEYS if k in r} for r in last}
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in last if isinstance(r.get(key), (int, float))]
+        return float(np.mean(values)) if values else None
+
+    final = {k: mean(k) for k in SAFETY_KEYS}
+    latest = max(rows, key=lambda r: int(r["eval_id"]))
+    counters = {k: int(latest[k]) for k in SAFETY_COUNTERS if k in latest}
+    step = int(latest["step"])
+    if "train_catastrophes" in counters:
+        counters["train_catastrophes_per_1000_steps"] = 1000 * counters["train_catastrophes"] / step if step else None
+        episodes = counters.get("train_episodes", 0)
+        counters["train_catastrophe_rate"] = counters["train_catastrophes"] / episodes if episodes else None
+    out: dict[str, Any] = {"final": final, "per_task": per_task, **counters}
+    held = [{**r, "score": r["heldout_success"]} for r in rows if "heldout_success" in r]
+    if held:
+        R = retention_matrix(EvalHistory.from_rows(held, num_tasks))
+        out["heldout_retention_matrix"] = [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in R]
+    return out

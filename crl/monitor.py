@@ -2,7 +2,11 @@
 
 TensorBoard tags (DESIGN.md): ``eval/<task>/success``, ``eval/<task>/return``,
 ``eval/average_success``, ``train/<quantity>``, ``time/fps``, ``task/index``; the x-axis is the
-global env step across the whole sequence, so curves never split at task switches.
+global env step across the whole sequence, so curves never split at task switches. Safety gridworlds add
+``eval/<task>/{catastrophe_rate,timeout_rate,heldout_success,heldout_catastrophe_rate,heldout_return,
+catastrophe_auroc,heldout_catastrophe_auroc}``, ``eval/average_{catastrophe_rate,heldout_success,
+heldout_catastrophe_rate}`` and ``safety/{train_catastrophes,train_episodes,train_goals,mentor_queries,
+mentor_queries_eval}`` (cumulative over the run).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from tqdm import tqdm
 from crl.fileio import atomic_write_text
 
 EVALS_FILE = "evals.jsonl"
+SAFETY_EVAL_KEYS = ("catastrophe_rate", "timeout_rate", "heldout_success", "heldout_catastrophe_rate", "heldout_return",
+                    "catastrophe_auroc", "heldout_catastrophe_auroc")
+SAFETY_COUNTER_KEYS = ("train_catastrophes", "train_episodes", "train_goals", "mentor_queries", "mentor_queries_eval")
 
 
 def write_evals(run_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -114,6 +121,16 @@ class Monitor:
                 self.writer.add_scalar(f"eval/{row['task']}/success_final", row["success_final"], step)
             if row["score"] != row["success"]:
                 self.writer.add_scalar(f"eval/{row['task']}/score", row["score"], step)
+            for key in SAFETY_EVAL_KEYS:
+                if isinstance(row.get(key), (int, float)):
+                    self.writer.add_scalar(f"eval/{row['task']}/{key}", row[key], step)
+        for key in ("catastrophe_rate", "heldout_success", "heldout_catastrophe_rate"):
+            values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            if values:
+                self.writer.add_scalar(f"eval/average_{key}", sum(values) / len(values), step)
+        for key in SAFETY_COUNTER_KEYS:
+            if key in rows[0]:
+                self.writer.add_scalar(f"safety/{key}", rows[0][key], step)
         self._evals.flush()
         os.fsync(self._evals.fileno())
         self.writer.add_scalar("eval/average_success", sum(r["success"] for r in rows) / len(rows), step)

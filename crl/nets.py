@@ -286,7 +286,8 @@ class EnsembleCWMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, head: int | torch.Tensor, *, detach_params: bool = False,
                 record: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
-        """(members, n, out_dim) outputs for inputs ``x`` of shape (n, in_dim), shared by all members.
+        """(members, n, out_dim) outputs for inputs ``x`` of shape (n, in_dim), shared by all members, or of shape
+        (members, n, in_dim), each member's own (an ensemble trained on independent batches: agents/dqn.py).
 
         ``head`` selects each row's head as in ``MultiHead``. ``detach_params=True`` evaluates with
         the parameters cut from autograd: gradients then reach only the inputs (SAC's actor loss
@@ -301,7 +302,9 @@ class EnsembleCWMLP(nn.Module):
         if isinstance(head, int) and self.num_heads > 1:
             cols = slice(head * self.out_dim, (head + 1) * self.out_dim)
             w_out, b_out = w_out[..., cols], b_out[..., cols]
-        h = in_fp32(_batched_linear, x.expand(self.members, *x.shape), weights[0], biases[0])
+        if x.dim() == 2:  # one batch shared by every member; (members, n, in_dim): each member its own rows
+            x = x.expand(self.members, *x.shape)
+        h = in_fp32(_batched_linear, x, weights[0], biases[0])
         if norm_w is not None:
             h = torch.addcmul(norm_b, F.layer_norm(h, h.shape[-1:]), norm_w)
         h = fast_tanh(h) if self.cw_input else self._activation_(h)
@@ -317,8 +320,8 @@ class EnsembleCWMLP(nn.Module):
         out = in_fp32(_batched_linear, h, w_out, b_out)
         if isinstance(head, int) or self.num_heads == 1:
             return out
-        out = out.view(self.members, x.shape[0], self.num_heads, self.out_dim)
-        return out[:, torch.arange(x.shape[0], device=x.device), head]
+        out = out.view(self.members, x.shape[1], self.num_heads, self.out_dim)
+        return out[:, torch.arange(x.shape[1], device=x.device), head]
 
     def _activation_(self, h: torch.Tensor) -> torch.Tensor:
         # in place on a matmul's (or LayerNorm's) output, which its backward does not need; elephant and

@@ -101,7 +101,8 @@ class OffPolicyLearner(Agent):
 
     learns_from = LearnsFrom.ENV
     extensible: ClassVar[bool] = True
-    provides: ClassVar[frozenset[str]] = frozenset({"replay", "gaussian_policy", "critic", "networks"})
+    provides: ClassVar[frozenset[str]] = frozenset({"replay", "gaussian_policy", "policy_distribution", "critic",
+                                                    "networks"})
     config_class: ClassVar[type] = OffPolicyConfig
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: OffPolicyConfig, device: torch.device):

@@ -34,6 +34,11 @@ import numpy as np
 from crl import metrics
 from crl.core import UsageError
 
+# safety gridworlds (results.json "safety"): held-out catastrophe rate and success at the last evaluation, training
+# catastrophes over the run, mentor queries, AUROC of the catastrophe score
+SAFETY_COLUMNS = {"heldout_cat": ("final", "heldout_catastrophe_rate"), "heldout_succ": ("final", "heldout_success"),
+                  "trainlay_cat": ("final", "catastrophe_rate"), "train_cats": (None, "train_catastrophes"),
+                  "queries": (None, "mentor_queries"), "auroc": ("final", "catastrophe_auroc")}
 COLUMNS = ("average_performance", "forgetting", "forward_transfer", "gem_acc", "gem_bwt", "avg_min_acc", "wc_acc", "wf_10")
 HTML_FILE, MD_FILE = "report.html", "report.md"
 PROTOCOL_KEYS = ("tasks", "steps_per_task", "eval_every", "eval_episodes", "eval_deterministic", "last_k", "protocol",
@@ -214,6 +219,20 @@ def aggregate(runs: list[Run]) -> tuple[list[Group], list[str]]:
 
 
 # ------------------------------------------------------------------------------------- output
+
+
+def _safety_values(safety: dict[str, Any]) -> dict[str, Any]:
+    return {c: (safety.get(part, {}) if part else safety).get(key) for c, (part, key) in SAFETY_COLUMNS.items()}
+
+
+def _safety_stats(g: Group, safety: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """Mean [90% CI] over a group's seeds of each safety column (safety gridworlds' runs only)."""
+    out = {}
+    for c in SAFETY_COLUMNS:
+        values = [v for r in g.runs if isinstance(v := safety.get(str(r.path), {}).get(c), (int, float))]
+        if values:
+            out[f"safety_{c}"] = list(metrics.bootstrap_ci(values))
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -448,8 +467,12 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
               "seed": r.summary["seed"], "finished": r.summary["finished"],
               **{c: r.summary["metrics"].get(c) for c in COLUMNS}}
              for r in runs if r.summary.get("kind") == "continual"]
+    safety = {str(r.path): _safety_values(r.summary["safety"]) for r in runs if r.summary.get("safety")}
+    for row in table:
+        row.update({f"safety_{k}": v for k, v in safety.get(row["run"], {}).items()})
     aggregates = [{"sequence": g.sequence, "agent": g.agent, "seeds": len(g.runs), "protocol": g.runs[0].protocol,
-                   "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats} for g in groups]
+                   "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats,
+                   **_safety_stats(g, safety)} for g in groups]
     written = []
     if html and groups:
         out = Path(out) if out is not None else _default_out(paths, run_dirs)
@@ -474,6 +497,16 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
         for g in groups:
             print(f"{_group_name(g, groups):<{width}} {len(g.runs):>5}  "
                   + "  ".join(f"{_ci(g.stats.get(c)):<24}" for c in cols))
+    if safety:
+        print(f"\nsafety (last evaluation; train_cats = catastrophes during training, cumulative)\n{'run':<44} "
+              + " ".join(f"{c[:12]:>12}" for c in SAFETY_COLUMNS))
+        for path, values in safety.items():
+            print(f"{Path(path).name[:44]:<44} " + " ".join(f"{_fmt(values[c]):>12}" for c in SAFETY_COLUMNS))
+        for g in groups:
+            stats = _safety_stats(g, safety)
+            if len(g.runs) > 1 and stats:
+                print(f"{g.label}: mean [90% CI] over {len(g.runs)} seeds: "
+                      + "; ".join(f"{k.removeprefix('safety_')} {_ci(v)}" for k, v in stats.items()))
     for r in runs:
         if r.summary.get("kind") == "reference":
             print(f"{r.path.name}: single-task reference, AUC per task: "

@@ -1,4 +1,6 @@
-"""Gymnasium registration of crl's envs: ``crl/CW10-v0``, ``crl/CW20-v0``, ``crl/<task>-v3``.
+"""Gymnasium registration of crl's envs: ``crl/CW10-v0``, ``crl/CW20-v0``, ``crl/<task>-v3``, and the safety
+gridworlds ``crl/DistShift-v0`` (``level``: train | test1 | test2 | test) and ``crl/Lava{Gap,River,Scatter}-v0``
+(``split``: train | heldout).
 
 Entry points are strings, so registering imports neither metaworld nor this package's env
 modules; they load on the first ``gymnasium.make``.
@@ -6,6 +8,7 @@ modules; they load on the first ``gymnasium.make``.
     crl.envs.register_envs()
     env = gymnasium.make("crl/CW10-v0", steps_per_task=10_000)
     env = gymnasium.make("crl/push-v3")
+    env = gymnasium.make("crl/DistShift-v0", level="test1")
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import numpy as np
 from .metaworld import V3_TASK_NAMES
 
 CONTINUAL_ENV_IDS = {"crl/CW10-v0": "cw10", "crl/CW20-v0": "cw20"}
+GRIDWORLD_ENV_IDS = {"crl/DistShift-v0": "distshift", "crl/LavaGap-v0": "gap", "crl/LavaRiver-v0": "river",
+                     "crl/LavaScatter-v0": "scatter"}
 
 
 def register_envs() -> None:
@@ -35,6 +40,10 @@ def register_envs() -> None:
                 entry_point="crl.envs.registration:make_single_task_env",
                 kwargs={"task_name": task_name},
             )
+    for env_id, family in GRIDWORLD_ENV_IDS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point="crl.envs.registration:make_gridworld_env",
+                               kwargs={"family": family})
 
 
 def make_continual_env(sequence_name: str, steps_per_task: int | None = None, seed: int | None = None) -> gymnasium.Env:
@@ -60,3 +69,25 @@ def make_single_task_env(task_name: str, seed: int | None = None) -> gymnasium.E
     from .wrappers import SuccessTracker
 
     return SuccessTracker(MetaWorldEnv(task_name, seed=seed))
+
+
+def make_gridworld_env(family: str, level: str | None = None, split: str = "train", obs_mode: str = "flat",
+                       render_mode: str | None = None) -> gymnasium.Env:
+    """One safety gridworld (envs/gridworld.py): the distributional-shift map ``level`` or a layout family's
+    ``split`` (its training or held-out layouts, one drawn per episode)."""
+    from crl.core import UsageError
+
+    from . import gridworld as g
+
+    if family == "distshift":
+        levels = {"train": (g.DISTSHIFT_TRAIN,), "test1": g.DISTSHIFT_TEST[:1], "test2": g.DISTSHIFT_TEST[1:],
+                  "test": g.DISTSHIFT_TEST}
+        if (level or "train") not in levels:
+            raise UsageError(f"unknown distshift level '{level}'; allowed: {', '.join(levels)}")
+        layouts = levels[level or "train"]
+    else:
+        if split not in ("train", "heldout"):
+            raise UsageError(f"unknown split '{split}'; allowed: train, heldout")
+        train, heldout = g.split_layouts(family, g.N_TRAIN_LAYOUTS, g.N_HELDOUT_LAYOUTS)
+        layouts = train if split == "train" else heldout
+    return g.GridWorldEnv(layouts, obs_mode=obs_mode, render_mode=render_mode)

@@ -18,6 +18,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """Recompute a run's summary from its config.yaml and evals.jsonl (works for unfinished runs)."""
     from crl.envs import make_sequence
     from crl.loop import load_run_config, read_evals
+    from crl.monitor import read_agent_metrics
     from crl.results import CURVES_FILE, write_plots, summarize
 
     cfg = load_run_config(run_dir)
@@ -25,7 +26,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     if not rows:
         raise UsageError(f"{run_dir} has no evaluations yet (evals.jsonl is empty)")
     sequence = make_sequence(cfg.seq)
-    summary = summarize(rows, sequence, cfg, run_dir)
+    summary = summarize(rows, sequence, cfg, run_dir, read_agent_metrics(run_dir))
     if not (Path(run_dir) / CURVES_FILE).exists():  # unfinished runs get their plots here
         write_plots(run_dir, summary, rows, sequence, cfg)
     return summary
@@ -66,8 +67,21 @@ def report(run_dirs: list[Path], as_json: bool = False) -> list[dict[str, Any]]:
                 if agg[c] is not None:
                     mean, lo, hi = agg[c]
                     print(f"  {c:<22} {mean:.3f} [{lo:.3f}, {hi:.3f}]")
+    for d, s in continual:
+        print_error_matrices(d, s)
     for d, s in runs:
         if s.get("kind") == "reference":
             print(f"{Path(d).name}: single-task reference, AUC per task: "
                   + ", ".join(f"{k} {metrics.reference_auc(v):.2f}" for k, v in s["reference_curves"].items() if v))
     return table
+
+
+def print_error_matrices(run_dir: Path, summary: dict[str, Any]) -> None:
+    """A run's error matrices (Agent.measure_retention; lower is better): row = after task i, column = task j."""
+    for name, E in summary.get("error_matrices", {}).items():
+        m = summary["error_metrics"][name]
+        print(f"\n{Path(run_dir).name}: {name} (lower is better; row = after task i, column = task j); "
+              f"first task after last / right after: {_fmt(m['first_task_ratio']).strip()}, "
+              f"mean ratio: {_fmt(m['mean_ratio']).strip()}")
+        for i, row in enumerate(E):
+            print(f"  after {i}: " + " ".join(_fmt(v) for v in row))

@@ -116,7 +116,7 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip()
-    assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cw10, cw2, cw20, dmc")
+    assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cartpole-physics, cheetah-body, cw10, cw2, cw20, dmc")
     assert "\n" not in message and message.endswith("or dmc:<task>,... with DMC tasks (crl list)")
 
 

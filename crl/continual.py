@@ -1,4 +1,4 @@
-"""Continual-learning pieces that compose with a base learner: parameter regularisers (L2, EWC,
+"""Continual-learning pieces that compose with a base learner: parameter regularisers (L2, EWC, SI,
 MAS), PackNet's per-task weight ownership, A-GEM's gradient projection, a per-task episodic memory,
 the Gaussian KL used for cloning and distillation, and VCL's Bayesian linear layer.
 
@@ -268,3 +268,61 @@ class BayesianLinear(nn.Module):
     def posterior_to_prior(self) -> None:
         for kind in ("weight_mean", "bias_mean", "weight_logvar", "bias_logvar"):
             getattr(self, f"prior_{kind}").copy_(getattr(self, kind))
+
+
+# -- importances for any model with a per-sample loss (model-based agents; agents/hypercrl.py) ---------
+
+def empirical_fisher(loss_fn: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor],
+                     params: dict[str, torch.Tensor], samples: dict[str, torch.Tensor],
+                     chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Empirical Fisher (EWC, Kirkpatrick et al. 2017, as HyperCRL's baseline): the mean over samples of
+    the squared per-sample gradient of ``loss_fn(params, sample)`` (a sample: each tensor's row, unbatched)."""
+    from torch.func import grad
+
+    detached = {n: p.detach() for n, p in params.items()}
+    per_sample = vmap(grad(loss_fn), in_dims=(None, 0))
+    total = {n: torch.zeros_like(p) for n, p in detached.items()}
+    count = next(iter(samples.values())).shape[0]
+    with torch.no_grad():
+        for start in range(0, count, chunk):
+            grads = per_sample(detached, {k: v[start:start + chunk] for k, v in samples.items()})
+            for n, g in grads.items():
+                total[n] += g.pow(2).sum(0)
+    return {n: t / max(count, 1) for n, t in total.items()}
+
+
+class SynapticIntelligence:
+    """SI's importance (Zenke et al. 2017): during a task, ω_i += −g_i·Δθ_i at every optimiser step; at its
+    end Ω_i = ω_i / ((θ_i(end) − θ_i(start))² + ξ). The penalty c·Σ Ω (θ − θ*)² is a ParameterRegularizer's
+    (its ``consolidate`` sums the tasks' Ω)."""
+
+    def __init__(self, params: dict[str, nn.Parameter], xi: float):
+        self.params, self.xi = params, xi
+        self.begin_task()
+
+    def begin_task(self) -> None:
+        self.start = {n: p.detach().clone() for n, p in self.params.items()}
+        self.omega = {n: torch.zeros_like(p) for n, p in self.params.items()}
+
+    def before_step(self) -> dict[str, torch.Tensor]:
+        """Call after backward, before the optimiser step: what ``after_step`` needs (θ and g now)."""
+        return {n: (p.detach().clone(), None if p.grad is None else p.grad.detach().clone())
+                for n, p in self.params.items()}
+
+    def after_step(self, before: dict[str, Any]) -> None:
+        for n, p in self.params.items():
+            old, g = before[n]
+            if g is not None:
+                self.omega[n] -= g * (p.detach() - old)
+
+    def importance(self) -> dict[str, torch.Tensor]:
+        return {n: (self.omega[n] / ((p.detach() - self.start[n]) ** 2 + self.xi)).clamp_min(0.0)
+                for n, p in self.params.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "omega": self.omega}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = next(iter(self.params.values())).device
+        self.start = {n: t.to(device) for n, t in state["start"].items()}
+        self.omega = {n: t.to(device) for n, t in state["omega"].items()}

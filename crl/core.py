@@ -100,6 +100,9 @@ class Task:
     on_device: bool = False  # make_vec(..., device=) → tensors in and out on that device
     heldout: Task | None = field(default=None, repr=False, compare=False)  # held-out layouts, evaluated apart
     mentor: Callable[[Any], Any] | None = field(default=None, repr=False, compare=False)  # obs -> actions
+    # The environment's reward as a torch function ``(obs, action, next_obs) -> reward`` batched over leading
+    # dims, for agents that plan with a known reward (dynamics families, envs/dynamics.py); None elsewhere.
+    reward_fn: Callable | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,14 @@ class Agent(abc.ABC):
 
     @abc.abstractmethod
     def end_task(self, task: Task) -> None: ...
+
+    def measure_retention(self) -> dict[str, dict[int, float]]:
+        """Called by the loop after every ``end_task``: what the agent itself measures on each task seen so far,
+        beside the evaluator's scores, as ``{metric: {task position: value}}``, lower is better (e.g. a
+        dynamics model's prediction error on held-out transitions, agents/hypercrl.py). The loop keeps them
+        as error matrices in results.json, TensorBoard (``model/<task>/<metric>``) and ``crl report``.
+        Default: none."""
+        return {}
 
     def retention_tasks(self) -> list[Task]:
         """Tasks outside the sequence the agent should keep (e.g. its pre-training tasks); the loop

@@ -30,7 +30,7 @@ from crl import checkpoint
 from crl.config import RunConfig, config_from_dict, resolve_device
 from crl.core import Agent, LearnsFrom, Sequence, Task, Transitions, UsageError
 from crl.evaluate import Evaluator
-from crl.monitor import Monitor, read_evals, write_evals
+from crl.monitor import Monitor, read_evals, write_agent_metrics, write_evals
 from crl.runlock import RunLock
 
 CONFIG_FILE = "config.yaml"
@@ -63,6 +63,7 @@ class LoopState:
     phase_started: bool = False  # its begin_phase ran (a resume must not run it again)
     phase_steps_total: int = 0  # phase steps across the run: the x-axis of phase/* tags
     safety: dict[str, int] = field(default_factory=dict)  # training catastrophes, episodes, goals so far
+    agent_metrics: list[dict[str, Any]] = field(default_factory=list)  # agent.measure_retention() rows
 
 
 def seed_everything(seed: int) -> None:
@@ -175,6 +176,7 @@ class ContinualLoop:
         checkpoint.set_rng_state(data["rng"])
         # Rows written after the checkpoint will be evaluated again: drop them so none is doubled.
         write_evals(self.run_dir, self.state.evals)
+        write_agent_metrics(self.run_dir, self.state.agent_metrics)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -282,8 +284,19 @@ class ContinualLoop:
     def _finish_task(self, task: Task) -> None:
         self._run_phases(task)
         self.agent.end_task(task)
+        self._measure_retention(task)
         self.state.task, self.state.task_steps = self.state.task + 1, 0
         self._checkpoint()
+
+    def _measure_retention(self, task: Task) -> None:
+        """The agent's own per-task measurements after ``task`` (lower is better), one row per (metric, task)."""
+        labels = self.sequence.labels
+        rows = [{"after_task": task.index, "metric": metric, "task_index": j, "task": labels[j], "value": value}
+                for metric, values in self.agent.measure_retention().items() for j, value in sorted(values.items())]
+        if rows:
+            self.state.agent_metrics.extend(rows)
+            write_agent_metrics(self.run_dir, self.state.agent_metrics)
+            self.monitor.log_agent_metrics(rows, self.state.global_step)
 
     def _train_online(self, task) -> None:
         """Collect vector steps of ``task`` and let the agent learn from them, to the task's budget."""

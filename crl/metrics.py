@@ -654,3 +654,29 @@ def safety_summary(rows: Sequence[Mapping[str, Any]], num_tasks: int) -> dict[st
         R = retention_matrix(EvalHistory.from_rows(held, num_tasks))
         out["heldout_retention_matrix"] = [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in R]
     return out
+# -- error matrices: what an agent measures itself after each task, lower is better (Agent.measure_retention) --
+
+def error_matrices(rows: list[dict], num_tasks: int) -> dict[str, np.ndarray]:
+    """{metric: E} with E[i, j] the metric on task j measured after training task i (NaN where unmeasured)."""
+    out: dict[str, np.ndarray] = {}
+    for row in rows:
+        E = out.setdefault(row["metric"], np.full((num_tasks, num_tasks), np.nan))
+        E[row["after_task"], row["task_index"]] = np.nan if row["value"] is None else row["value"]
+    return out
+
+
+def error_retention(E: np.ndarray) -> dict[str, float | None]:
+    """Forgetting of a lower-is-better matrix: the first task's error after the last task relative to right
+    after the first (``first_task_ratio``), the mean of that ratio over every task but the last
+    (``mean_ratio``), and the mean final error over all tasks (``final_mean``)."""
+    last = max((i for i in range(E.shape[0]) if not np.isnan(E[i]).all()), default=None)
+
+    def clean(v: float) -> float | None:
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    if last is None:
+        return {"first_task_ratio": None, "mean_ratio": None, "final_mean": None}
+    ratios = [E[last, j] / E[j, j] for j in range(last) if E[j, j] > 0]
+    return {"first_task_ratio": clean(E[last, 0] / E[0, 0]) if last > 0 and E[0, 0] > 0 else None,
+            "mean_ratio": clean(float(np.nanmean(ratios))) if ratios else None,
+            "final_mean": clean(float(np.nanmean(E[last, : last + 1])))}

@@ -26,6 +26,7 @@ EVALS_FILE = "evals.jsonl"
 SAFETY_EVAL_KEYS = ("catastrophe_rate", "timeout_rate", "heldout_success", "heldout_catastrophe_rate", "heldout_return",
                     "catastrophe_auroc", "heldout_catastrophe_auroc")
 SAFETY_COUNTER_KEYS = ("train_catastrophes", "train_episodes", "train_goals", "mentor_queries", "mentor_queries_eval")
+AGENT_METRICS_FILE = "agent_metrics.jsonl"  # Agent.measure_retention rows (crl/loop.py)
 
 
 def write_evals(run_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -33,8 +34,16 @@ def write_evals(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(run_dir) / EVALS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def read_evals(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / EVALS_FILE
+def write_agent_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(Path(run_dir) / AGENT_METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_agent_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return read_evals(run_dir, AGENT_METRICS_FILE)
+
+
+def read_evals(run_dir: Path, name: str = EVALS_FILE) -> list[dict[str, Any]]:
+    path = Path(run_dir) / name
     if not path.exists():
         return []
     rows = []
@@ -138,6 +147,12 @@ class Monitor:
         self.writer.flush()
         if self.bar is not None:
             self.bar.set_postfix(avg_score=f"{sum(r['score'] for r in rows) / len(rows):.2f}")
+
+    def log_agent_metrics(self, rows: list[dict[str, Any]], step: int) -> None:
+        """The agent's own per-task measurements after a task (``model/<task>/<metric>``)."""
+        for row in rows:
+            self.writer.add_scalar(f"model/{row['task']}/{row['metric']}", row["value"], step)
+        self.writer.flush()
 
     def close(self) -> None:
         if self.bar is not None:

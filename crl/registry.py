@@ -38,7 +38,8 @@ from crl.core import UsageError
 BUILTIN_MODULES = (  # imported on first lookup; each registers what it defines
     "crl.agents.sac", "crl.agents.td3", "crl.agents.regularization", "crl.agents.packnet", "crl.agents.agem",
     "crl.agents.episodic_memory", "crl.agents.vcl", "crl.agents.clonex", "crl.agents.kickstart", "crl.agents.arr",
-    "crl.agents.l2m", "crl.interventions", "crl.agents.dqn", "crl.agents.blocker", "crl.agents.ask_for_help",
+    "crl.agents.l2m", "crl.agents.hypercrl", "crl.interventions", "crl.agents.dqn", "crl.agents.blocker",
+    "crl.agents.ask_for_help",
 )
 
 

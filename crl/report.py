@@ -113,6 +113,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 def _load(run_dir: Path) -> Run:
     from crl.envs import make_sequence
     from crl.loop import load_run_config, read_evals
+    from crl.monitor import read_agent_metrics
     from crl.results import CURVES_FILE, PROTOCOL_NOTES, summarize, write_plots
 
     cfg = load_run_config(run_dir)
@@ -120,7 +121,7 @@ def _load(run_dir: Path) -> Run:
     if not rows:
         raise UsageError(f"{run_dir} has no evaluations yet (evals.jsonl is empty)")
     sequence = make_sequence(cfg.seq)
-    summary = summarize(rows, sequence, cfg, run_dir)
+    summary = summarize(rows, sequence, cfg, run_dir, read_agent_metrics(run_dir))
     trained = {int(r["active_task"]) for r in rows}
     summary["finished"] = max(trained) >= len(sequence) - 1 and _task_done(rows, cfg, len(sequence))
     if not (Path(run_dir) / CURVES_FILE).exists():  # unfinished runs get their plots here
@@ -508,6 +509,9 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
                 print(f"{g.label}: mean [90% CI] over {len(g.runs)} seeds: "
                       + "; ".join(f"{k.removeprefix('safety_')} {_ci(v)}" for k, v in stats.items()))
     for r in runs:
+        if r.summary.get("kind") == "continual":
+            print_error_matrices(r.path, r.summary)
+    for r in runs:
         if r.summary.get("kind") == "reference":
             print(f"{r.path.name}: single-task reference, AUC per task: "
                   + ", ".join(f"{k} {metrics.reference_auc(v):.2f}"
@@ -517,3 +521,14 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
     if written:
         print("written: " + ", ".join(str(p) for p in written))
     return table
+
+
+def print_error_matrices(run_dir: Path, summary: dict[str, Any]) -> None:
+    """A run's error matrices (Agent.measure_retention; lower is better): row = after task i, column = task j."""
+    for name, E in summary.get("error_matrices", {}).items():
+        m = summary["error_metrics"][name]
+        print(f"\n{Path(run_dir).name}: {name} (lower is better; row = after task i, column = task j); "
+              f"first task after last / right after: {_fmt(m['first_task_ratio']).strip()}, "
+              f"mean ratio: {_fmt(m['mean_ratio']).strip()}")
+        for i, row in enumerate(E):
+            print(f"  after {i}: " + " ".join(_fmt(v) for v in row))

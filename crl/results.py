@@ -74,7 +74,8 @@ def find_references(run_dir: Path, agent: str, steps_per_task: int) -> tuple[dic
     return {name: float(np.mean(v)) for name, v in aucs.items()}, used
 
 
-def summarize(rows: list[dict[str, Any]], sequence: Sequence, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], sequence: Sequence, cfg: RunConfig, run_dir: Path,
+              agent_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     h = metrics.EvalHistory.from_rows(rows, len(sequence))
     from crl.agents import agent_class
 
@@ -103,6 +104,10 @@ def summarize(rows: list[dict[str, Any]], sequence: Sequence, cfg: RunConfig, ru
     safety = metrics.safety_summary(rows, len(sequence))
     if safety is not None:  # safety gridworlds: held-out layouts, catastrophes, mentor queries, AUROC
         out["safety"] = safety
+    if agent_rows:  # the agent's own lower-is-better measurements (Agent.measure_retention)
+        matrices = metrics.error_matrices(agent_rows, len(sequence))
+        out["error_matrices"] = {name: _nan_to_none(E) for name, E in matrices.items()}
+        out["error_metrics"] = {name: metrics.error_retention(E) for name, E in matrices.items()}
     return out
 
 
@@ -172,7 +177,7 @@ def write_plots(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
 
 
 def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[str, Any]:
-    out = summarize(state.evals, sequence, cfg, run_dir)
+    out = summarize(state.evals, sequence, cfg, run_dir, state.agent_metrics)
     out.update({
         "finished": state.task >= len(sequence),
         "steps": state.global_step,

@@ -6,7 +6,7 @@ metaworld, dm_control and envpool load lazily (on the first env built), so impor
 """
 
 # Each family registers its sequences in envs/sequences.py on import, in this order (as `crl list` shows them).
-from . import metaworld, dmc, gridworld  # noqa: F401, I001
+from . import metaworld, dmc, gridworld, dynamics  # noqa: F401, I001
 from .metaworld import CW10, EPISODE_LEN, make_vec
 from .registration import register_envs
 from .sequences import SEQUENCES, make_sequence

@@ -1,6 +1,7 @@
-"""Gymnasium registration of crl's envs: ``crl/CW10-v0``, ``crl/CW20-v0``, ``crl/<task>-v3``, and the safety
+"""Gymnasium registration of crl's envs: ``crl/CW10-v0``, ``crl/CW20-v0``, ``crl/<task>-v3``, the safety
 gridworlds ``crl/DistShift-v0`` (``level``: train | test1 | test2 | test) and ``crl/Lava{Gap,River,Scatter}-v0``
-(``split``: train | heldout).
+(``split``: train | heldout), and the dynamics families' tasks (``crl/HalfCheetahBigTorso-v0``,
+``crl/Pusher-d100-v0``, ``crl/cartpole-swingup-long-pole-v0``).
 
 Entry points are strings, so registering imports neither metaworld nor this package's env
 modules; they load on the first ``gymnasium.make``.
@@ -44,6 +45,20 @@ def register_envs() -> None:
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point="crl.envs.registration:make_gridworld_env",
                                kwargs={"family": family})
+    from .dynamics import gym_ids
+
+    for env_id, task_name in gym_ids().items():
+        if env_id not in gymnasium.registry:
+            # no TimeLimit here: each task's env ends its episodes itself (gymnasium's own TimeLimit inside)
+            gymnasium.register(id=env_id, entry_point="crl.envs.registration:make_dynamics_env",
+                               kwargs={"task_name": task_name})
+
+
+def make_dynamics_env(task_name: str, seed: int | None = None) -> gymnasium.Env:
+    """One task of a dynamics family (envs/dynamics.py), e.g. ``crl/HalfCheetahBigTorso-v0``."""
+    from .dynamics import make_env
+
+    return make_env(task_name, seed)
 
 
 def make_continual_env(sequence_name: str, steps_per_task: int | None = None, seed: int | None = None) -> gymnasium.Env:

@@ -116,7 +116,8 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip()
-    assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cw10, cw2, cw20, distshift, dmc")
+    assert message.startswith("crl: error: unknown sequence 'nope'; allowed: cartpole-physics, cheetah-body, cw10, "
+                              "cw2, cw20, distshift, dmc")
     assert "\n" not in message and "or dmc:<task>,... with DMC tasks" in message
     assert message.endswith("or grid:<family|map file>,... with layout families gap, river, scatter (crl list)")
 

@@ -177,7 +177,7 @@ def write_plots(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any
 
 
 def finalize(run_dir: Path, cfg: RunConfig, sequence: Sequence, state) -> dict[str, Any]:
-    out = summarize(state.evals, sequence, cfg, run_dir, state.agent_metrics)
+    out = summarize(state.evals, sequence, cfg, run_dir, getattr(state, "agent_metrics", []))  # a LoopState from before the field
     out.update({
         "finished": state.task >= len(sequence),
         "steps": state.global_step,

@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crl.core import Agent, LearnsFrom, Task, Transitions, UsageError
-from crl.extension import Extension, load_state, save_state
+from crl.core import UsageError
+from crl.extension import Extension
+from crl.learner import ReplayLearner
 from crl.nets import HIDDEN_ACTIVATIONS, EnsembleCWMLP
 from crl.registry import register_agent, register_variant
-from crl.replay import ReplayBuffer
 
 
 @dataclass
@@ -106,10 +106,8 @@ class DQNExtension(Extension):
 
 
 @register_agent("dqn", "double DQN, vectorized on the device (van Hasselt et al. 2016); discrete actions")
-class DQN(Agent):
-    learns_from = LearnsFrom.ENV
+class DQN(ReplayLearner):
     discrete_actions: ClassVar[bool] = True  # crl/loop.py passes n_actions and refuses continuous tasks
-    extensible: ClassVar[bool] = True
     provides: ClassVar[frozenset[str]] = frozenset({"replay", "policy_distribution", "q_ensemble"})
     config_class: ClassVar[type] = DQNConfig
 
@@ -119,40 +117,19 @@ class DQN(Agent):
             raise UsageError(f"unknown activation '{config.activation}'; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
         if config.ensemble_size < 1:
             raise UsageError(f"agent.ensemble_size must be at least 1, got {config.ensemble_size}")
-        self.cfg, self.device = config, device
-        self.obs_dim, self.act_dim, self.num_tasks, self.n_actions = obs_dim, act_dim, num_tasks, n_actions
-        self.num_heads = num_tasks if config.multihead else 1
+        self.init_schedule(obs_dim, act_dim, num_tasks, config, device)
+        self.n_actions = n_actions
         self.q = QEnsemble(self.in_dim, n_actions, self.num_heads, config).to(device)
         self.actor = self.q  # what the parameter penalties read (module docstring)
         self.target_q = QEnsemble(self.in_dim, n_actions, self.num_heads, config).to(device)
         self.target_q.load_state_dict(self.q.state_dict())
         self.target_q.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr)
-        self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, device)
-        self.task_index, self.task_steps, self.pending_updates, self.gradient_steps = 0, 0, 0.0, 0
-        self.replay_ratio = config.replay_ratio
         if config.ensemble_size == 1:
             self.catastrophe_score = None  # no disagreement to predict catastrophes from (crl/evaluate.py)
-        extension_classes = getattr(config, "extension_classes", ())
-        self.extensions: list[Extension] = [ext(self, config) for ext in extension_classes]
+        self.build_extensions()
 
-    # -- pieces the extensions use ------------------------------------------------------------------
-
-    @property
-    def in_dim(self) -> int:
-        return self.obs_dim if self.cfg.hide_task_id else self.obs_dim + self.num_tasks
-
-    def heads(self, task_index: int | torch.Tensor) -> int | torch.Tensor:
-        if self.num_heads == 1:
-            return 0
-        return int(task_index) if not isinstance(task_index, torch.Tensor) else task_index
-
-    def policy_input(self, obs: torch.Tensor, task_index: int | torch.Tensor) -> torch.Tensor:
-        if self.cfg.hide_task_id:
-            return obs
-        if isinstance(task_index, int):
-            task_index = torch.full((obs.shape[0],), task_index, dtype=torch.long, device=obs.device)
-        return torch.cat([obs, F.one_hot(task_index, self.num_tasks).float()], -1)
+    # -- pieces the extensions use (and crl/learner.py's heads, policy_input, buffer, optimizer) ------------
 
     def q_values(self, obs: torch.Tensor, task_index: int | torch.Tensor) -> torch.Tensor:
         """(N, n, n_actions) Q-values of every member."""
@@ -166,22 +143,7 @@ class DQN(Agent):
     def networks(self) -> dict[str, nn.Module]:
         return {"q": self.q}
 
-    # -- the Agent contract ---------------------------------------------------------------------------
-
-    def begin_task(self, task: Task) -> None:
-        self.task_index, self.task_steps, self.pending_updates = task.index, 0, 0.0
-        if self.cfg.reset_buffer_on_task:
-            self.buffer.clear()
-        if self.cfg.reset_optimizer_on_task:
-            for state in self.optimizer.state.values():
-                state["exp_avg"].zero_()
-                state["exp_avg_sq"].zero_()
-        for ext in self.extensions:
-            ext.begin_task(task)
-
-    def end_task(self, task: Task) -> None:
-        for ext in self.extensions:
-            ext.end_task(task)
+    # -- the Agent contract (the schedule, task switches and checkpoints are crl/learner.py's) ------------
 
     @torch.no_grad()
     def act(self, obs, task_index, *, explore, deterministic=False, first=None):
@@ -215,30 +177,11 @@ class DQN(Agent):
         a = q.mean(0).argmax(1)
         return q.gather(2, a.view(1, -1, 1).expand(q.shape[0], -1, 1)).squeeze(2).std(0)
 
-    def observe(self, batch: Transitions) -> None:
-        self.buffer.add(batch)
-        before, self.task_steps = self.task_steps, self.task_steps + len(batch)
-        counted = self.task_steps - max(before, self.cfg.update_after)
-        if counted > 0:
-            self.pending_updates += counted * self.replay_ratio
-        for ext in self.extensions:
-            ext.observe(batch)
-
-    def update(self) -> dict[str, torch.Tensor]:
-        if self.pending_updates < self.cfg.update_every * self.replay_ratio:
-            return {}
-        n_steps = int(self.pending_updates)
-        self.pending_updates -= n_steps
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(n_steps):
-            for k, v in self.gradient_step().items():
-                sums[k] = sums[k] + v if k in sums else torch.as_tensor(v, dtype=torch.float32)
-        return {k: v / n_steps for k, v in sums.items()}
-
-    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(self, batch: dict[str, torch.Tensor], capture: frozenset[str] = frozenset()
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Double-DQN Huber loss of every member on its bootstrap mask of the batch."""
         cfg = self.cfg
-        task = self.task_index if batch.get("single_task", False) else batch["task_index"]
+        task = self.batch_task(batch)
         heads = self.heads(task)
         x, x_next = self.policy_input(batch["obs"], task), self.policy_input(batch["next_obs"], task)
         members, n = cfg.ensemble_size, x.shape[0]
@@ -256,28 +199,9 @@ class DQN(Agent):
             loss = td.mean()
         return loss, {"q_loss": loss.detach() / members, "q": q.detach().mean()}
 
-    def gradient_step(self) -> dict[str, torch.Tensor]:
-        batch = self.buffer.sample(self.cfg.batch_size)
-        batch["single_task"] = self.cfg.reset_buffer_on_task
-        for ext in self.extensions:
-            batch = ext.extend_batch(batch)
-        loss, stats = self.losses(batch)
-        extra = [term for term in (ext.loss(batch) for ext in self.extensions) if term is not None]
-        if extra:
-            auxiliary = torch.stack(extra).sum()
-            loss = loss + auxiliary
-            stats["auxiliary_loss"] = auxiliary.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for ext in self.extensions:
-            stats.update(ext.adjust_gradients(batch))
-        self.optimizer.step()
-        self.gradient_steps += 1
-        if self.gradient_steps % self.cfg.target_update_every == 0:
+    def update_targets(self) -> None:
+        if (self.gradient_steps + 1) % self.cfg.target_update_every == 0:  # hard copies (Mnih et al.)
             self.target_q.load_state_dict(self.q.state_dict())
-        for ext in self.extensions:
-            stats.update(ext.after_update(stats))
-        return stats
 
     def counters(self) -> dict[str, int]:
         """Cumulative counts of the extensions (mentor queries), written into every evaluation row."""
@@ -287,26 +211,12 @@ class DQN(Agent):
                 out.update(ext.counters())
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "q": self.q.state_dict(), "target_q": self.target_q.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "buffer": self.buffer.state_dict(), "task_index": self.task_index, "task_steps": self.task_steps,
-            "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps,
-            "replay_ratio": self.replay_ratio,
-            "extensions": {ext.name: save_state(ext, ext.state) for ext in self.extensions},
-        }
+    def networks_state(self) -> dict[str, Any]:
+        return {"q": self.q.state_dict(), "target_q": self.target_q.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_networks_state(self, state: dict[str, Any]) -> None:
         self.q.load_state_dict(state["q"])
         self.target_q.load_state_dict(state["target_q"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.task_index, self.task_steps = state["task_index"], state["task_steps"]
-        self.pending_updates, self.gradient_steps = state["pending_updates"], state["gradient_steps"]
-        self.replay_ratio = state["replay_ratio"]
-        for ext in self.extensions:
-            load_state(ext, ext.state, state["extensions"][ext.name], self.device)
-            ext.after_load()
 
 
 register_variant("dqn-ensemble", "dqn", "ensemble of 5 double DQNs acting on their mean Q (Kenton et al. 2019)",

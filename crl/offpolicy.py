@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from crl.core import Agent, LearnsFrom, Phase, Task, Transitions, UsageError
-from crl.extension import Extension, load_state, save_state
+from crl.core import UsageError
+from crl.learner import ReplayLearner
 from crl.nets import ACTIVATION_MODULES, BODIES, HIDDEN_ACTIVATIONS, EnsembleCWMLP, cw_activations
 from crl.plasticity import DORMANT_AVERAGING, PlasticityProbe, ProbeConfig
-from crl.replay import ReplayBuffer
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -83,7 +81,7 @@ class _ActView(nn.Module):
         return self.actor.act(x, head, deterministic=deterministic)
 
 
-class OffPolicyLearner(Agent):
+class OffPolicyLearner(ReplayLearner):
     """An extensible base learner. What extensions may use (and nothing else):
 
     - ``cfg``, ``device``, ``obs_dim``, ``act_dim``, ``num_tasks``, ``num_heads``, ``task_index``,
@@ -99,19 +97,14 @@ class OffPolicyLearner(Agent):
     ``provides`` names these capabilities for ``Extension.requires``.
     """
 
-    learns_from = LearnsFrom.ENV
-    extensible: ClassVar[bool] = True
     provides: ClassVar[frozenset[str]] = frozenset({"replay", "gaussian_policy", "policy_distribution", "critic",
                                                     "networks"})
     config_class: ClassVar[type] = OffPolicyConfig
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, config: OffPolicyConfig, device: torch.device):
         self._validate(config, device)
-        # a composed config (crl.registry.composed_config_class) names the extensions to build
-        extension_classes: tuple[type[Extension], ...] = getattr(config, "extension_classes", ())
-        self.cfg, self.device = config, device
-        self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
-        self.num_heads = num_tasks if config.multihead else 1
+        self.init_schedule(obs_dim, act_dim, num_tasks, config, device, reservoir=config.reservoir_buffer)
+        extension_classes = getattr(config, "extension_classes", ())
         self.network_options: dict[str, Any] = {}
         for ext in extension_classes:
             self.network_options.update(ext.network_options(config))
@@ -124,12 +117,6 @@ class OffPolicyLearner(Agent):
         self.target_critics = self.make_critic().to(device)
         self.target_critics.load_state_dict(self.critics.state_dict())
         self.target_critics.requires_grad_(False)
-        self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, device, reservoir=config.reservoir_buffer)
-        self.task_index = 0
-        self.task_steps = 0  # transitions observed in the current task
-        self.pending_updates = 0.0  # gradient steps owed by the replay-ratio schedule
-        self.replay_ratio = config.replay_ratio
-        self.gradient_steps = 0
         self.build()  # the subclass's own parameters and targets (SAC's α, TD3's target actor)
         self.optimizer = self.make_optimizer()
         probe_cfg = ProbeConfig(dormant_tau=config.dormant_tau, dormant_averaging=config.dormant_averaging)
@@ -140,7 +127,7 @@ class OffPolicyLearner(Agent):
                                      hooks=dict(zip(activations, actor_hooks))),
             "critic": PlasticityProbe("critic", self.critics, probe_cfg, activations),  # both critics pooled
         }
-        self.extensions: list[Extension] = [ext(self, config) for ext in extension_classes]
+        self.build_extensions()
 
     @staticmethod
     def _validate(config: OffPolicyConfig, device: torch.device) -> None:
@@ -161,12 +148,6 @@ class OffPolicyLearner(Agent):
 
     def build(self) -> None:
         """Create the learner's own parameters and targets (after actor, critics and buffer exist)."""
-
-    def losses(self, batch: dict[str, torch.Tensor], capture: frozenset[str] = frozenset()
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The learner's loss on ``batch`` (one scalar, whose gradient reaches each network as its own loss
-        would) and statistics. ``capture``: networks whose probes record this forward pass's activations."""
-        raise NotImplementedError
 
     def update_targets(self) -> None:
         with torch.no_grad():
@@ -207,35 +188,6 @@ class OffPolicyLearner(Agent):
         """Newly initialised copies of ``networks()`` (Shrink & Perturb, resets)."""
         return {"actor": self.make_actor().to(self.device), "critic": self.make_critic().to(self.device)}
 
-    @property
-    def in_dim(self) -> int:
-        return self.obs_dim if self.cfg.hide_task_id else self.obs_dim + self.num_tasks
-
-    def heads(self, task_index: int | torch.Tensor) -> int | torch.Tensor:
-        """Head selector for MultiHead: an int for a one-task batch, else a per-row tensor."""
-        if self.num_heads == 1:
-            return 0
-        return int(task_index) if not isinstance(task_index, torch.Tensor) else task_index
-
-    def policy_input(self, obs: torch.Tensor, task_index: int | torch.Tensor) -> torch.Tensor:
-        if self.cfg.hide_task_id:
-            return obs
-        if isinstance(task_index, int):
-            task_index = torch.full((obs.shape[0],), task_index, dtype=torch.long, device=obs.device)
-        return torch.cat([obs, F.one_hot(task_index, self.num_tasks).float()], -1)
-
-    def batch_task(self, batch: dict[str, torch.Tensor]) -> int | torch.Tensor:
-        """The batch's task: one int when every row is the current task, else per-row indices."""
-        # A buffer emptied at every switch holds only the current task: one head for the whole
-        # batch skips the per-row gather (+7% updates/s, scripts/bench_sac.py profiling).
-        return self.task_index if batch.get("single_task", False) else batch["task_index"]
-
-    def reset_optimizer_moments(self) -> None:
-        # CW re-creates Adam's slots but keeps its iteration counter (reference/continual-world.md).
-        for state in self.optimizer.state.values():
-            state["exp_avg"].zero_()
-            state["exp_avg_sq"].zero_()
-
     def policy_actions(self, obs: torch.Tensor, task_index: int | torch.Tensor, deterministic: bool,
                        weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The policy's actions; ``weights`` ({actor parameter name: tensor}) replace the actor's own."""
@@ -251,39 +203,13 @@ class OffPolicyLearner(Agent):
                                (self.policy_input(obs, task_index), self.heads(task_index), deterministic),
                                strict=False)
 
-    # -- the Agent contract ---------------------------------------------------------------------
+    # -- the Agent contract (the rest is crl/learner.py's) -------------------------------------------
 
-    def begin_task(self, task: Task) -> None:
-        self.task_index, self.task_steps, self.pending_updates = task.index, 0, 0.0
-        if self.cfg.reset_buffer_on_task:
-            self.buffer.clear()
+    def on_task_switch(self) -> None:
         if self.cfg.reset_critic_on_task:
             fresh = self.make_critic().to(self.device)
             self.critics.load_state_dict(fresh.state_dict())
             self.sync_targets()
-        if self.cfg.reset_optimizer_on_task:
-            self.reset_optimizer_moments()
-        for ext in self.extensions:
-            ext.begin_task(task)
-
-    def end_task(self, task: Task) -> None:
-        for ext in self.extensions:
-            ext.end_task(task)
-
-    def phases(self, task: Task) -> list[Phase]:
-        return [phase for ext in self.extensions for phase in ext.phases(task)]
-
-    def _phase_owner(self, phase: Phase) -> Extension:
-        return next(ext for ext in self.extensions if phase.name.startswith(ext.name + "/"))
-
-    def begin_phase(self, phase: Phase, task: Task) -> None:
-        self._phase_owner(phase).begin_phase(phase, task)
-
-    def phase_step(self, phase: Phase) -> dict[str, torch.Tensor]:
-        return self._phase_owner(phase).phase_step(phase)
-
-    def end_phase(self, phase: Phase, task: Task) -> None:
-        self._phase_owner(phase).end_phase(phase, task)
 
     @torch.no_grad()
     def act(self, obs, task_index, *, explore, deterministic=False, first=None):
@@ -296,70 +222,28 @@ class OffPolicyLearner(Agent):
         action = self.policy_actions(obs, task_index, deterministic and not explore)
         return self.exploration_noise(action) if explore else action
 
-    def observe(self, batch: Transitions) -> None:
-        self.buffer.add(batch)
-        before, self.task_steps = self.task_steps, self.task_steps + len(batch)
-        counted = self.task_steps - max(before, self.cfg.update_after)  # transitions past update_after
-        if counted > 0:
-            self.pending_updates += counted * self.replay_ratio
-        for ext in self.extensions:
-            ext.observe(batch)
+    # -- the gradient step's learner-specific points (crl/learner.py runs it) ------------------------
 
-    def update(self) -> dict[str, torch.Tensor]:
-        if self.pending_updates < self.cfg.update_every * self.replay_ratio:
-            return {}
-        n_steps = int(self.pending_updates)
-        self.pending_updates -= n_steps
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        for _ in range(n_steps):
-            for k, v in self.gradient_step().items():  # some keys (plasticity) come from a few steps only
-                sums[k] = sums[k] + v if k in sums else torch.as_tensor(v, dtype=torch.float32)
-                counts[k] = counts.get(k, 0) + 1
-        # 0-d tensors, read by the monitor when it writes (no host sync per update on a GPU)
-        return {k: v / counts[k] if counts[k] > 1 else v for k, v in sums.items()}
+    def capture(self) -> frozenset[str]:
+        measure = self.cfg.plasticity_every > 0 and self.gradient_steps % self.cfg.plasticity_every == 0
+        return frozenset(self.probes) if measure else frozenset()
 
-    def sample_batch(self) -> dict[str, torch.Tensor]:
-        batch = self.buffer.sample(self.cfg.batch_size)
-        batch["single_task"] = self.cfg.reset_buffer_on_task  # then every row is the current task
-        return batch
-
-    def gradient_step(self) -> dict[str, torch.Tensor]:
-        """One gradient step, with the extensions at their named points (crl/extension.py)."""
-        cfg = self.cfg
-        batch = self.sample_batch()
-        for ext in self.extensions:
-            batch = ext.extend_batch(batch)
-        measure = cfg.plasticity_every > 0 and self.gradient_steps % cfg.plasticity_every == 0
-        capture = frozenset(self.probes) if measure else frozenset()
-        for ext in self.extensions:
-            capture |= ext.capture()
+    def precision(self):
         # bf16: CPUs with AVX512-BF16 (and GPUs) run the update's matmuls ~1.4× faster (scripts/bench_sac.py)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, stats = self.losses(batch, capture)
-            extra = [term for term in (ext.loss(batch) for ext in self.extensions) if term is not None]
-        if extra:
-            auxiliary = torch.stack(extra).sum() if len(extra) > 1 else extra[0]
-            loss = loss + auxiliary
-            stats["auxiliary_loss"] = auxiliary.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if measure:  # after backward: gradient norms are part of the measurement
-            for probe in self.probes.values():
-                stats.update(probe.collect())
-        for ext in self.extensions:
-            stats.update(ext.adjust_gradients(batch))
-        if cfg.clip_grad_norm is not None:
-            for group in self.optimized_groups():
-                nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm, foreach=True)
-        self.optimizer.step()
-        self.update_targets()
-        self.gradient_steps += 1
-        for ext in self.extensions:
-            stats.update(ext.after_update(stats))
-        return stats
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
-    # -- checkpoints: the learner's state, then each extension's declared state ----------------------
+    def after_backward(self, stats: dict[str, torch.Tensor]) -> None:
+        cfg = self.cfg
+        if cfg.plasticity_every > 0 and self.gradient_steps % cfg.plasticity_every == 0:
+            for probe in self.probes.values():  # after backward: gradient norms are part of the measurement
+                stats.update(probe.collect())
+
+    def clip_gradients(self) -> None:
+        if self.cfg.clip_grad_norm is not None:
+            for group in self.optimized_groups():
+                nn.utils.clip_grad_norm_(group, self.cfg.clip_grad_norm, foreach=True)
+
+    # -- checkpoints (the schedule and the extensions' state: crl/learner.py) -------------------------
 
     def own_state(self) -> dict[str, Any]:
         """The subclass's parameters beyond actor, critics and their targets (SAC's α, TD3's target actor)."""
@@ -367,32 +251,18 @@ class OffPolicyLearner(Agent):
 
     def load_own_state(self, state: dict[str, Any]) -> None: ...
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(), "critics": self.critics.state_dict(),
-            "target_critics": self.target_critics.state_dict(), "own": self.own_state(),
-            "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
-            "task_index": self.task_index, "task_steps": self.task_steps, "replay_ratio": self.replay_ratio,
-            "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps,
-            "probe_initial_weights": {name: probe.initial for name, probe in self.probes.items()},
-            "extensions": {ext.name: save_state(ext, ext.state) for ext in self.extensions},
-        }
+    def networks_state(self) -> dict[str, Any]:
+        return {"actor": self.actor.state_dict(), "critics": self.critics.state_dict(),
+                "target_critics": self.target_critics.state_dict(), "own": self.own_state(),
+                "probe_initial_weights": {name: probe.initial for name, probe in self.probes.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_networks_state(self, state: dict[str, Any]) -> None:
         self.actor.load_state_dict(state["actor"])
         self.critics.load_state_dict(state["critics"])
         self.target_critics.load_state_dict(state["target_critics"])
         self.load_own_state(state["own"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.task_index, self.task_steps = state["task_index"], state["task_steps"]
-        self.pending_updates, self.gradient_steps = state["pending_updates"], state["gradient_steps"]
-        self.replay_ratio = state["replay_ratio"]
         for name, initial in state["probe_initial_weights"].items():  # weight change stays measured from the start
             self.probes[name].initial = {k: v.to(self.device) for k, v in initial.items()}
-        for ext in self.extensions:
-            load_state(ext, ext.state, state["extensions"][ext.name], self.device)
-            ext.after_load()
 
 
 def target_entropy(act_dim: int, output_std: float) -> float:

@@ -377,7 +377,7 @@ def _gradients_and_updates_across_a_task_switch(agent: SAC, device: str = "cpu")
     for task in make_sequence("cw2").tasks:
         agent.begin_task(task)
         torch.manual_seed(task.index)
-        agent.observe(Transitions(**{k: v.to(device) for k, v in vars(batch(40, task.index)).items()}))
+        agent.observe(Transitions(**{k: v if v is None else v.to(device) for k, v in vars(batch(40, task.index)).items()}))
         fixed = agent.sample_batch()
         torch.manual_seed(100 + task.index)  # the same actor noise for both agents
         with torch.autocast(device, dtype=torch.bfloat16, enabled=agent.cfg.precision == "bf16"):

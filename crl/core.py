@@ -181,6 +181,7 @@ class Agent(abc.ABC):
                 every eval interval: agent.act(obs, task_indices, explore=False) on every task
             for phase in agent.phases(task): begin_phase, phase_step × phase.steps, end_phase
             agent.end_task(task)
+            agent.measure_retention()     # the agent's own lower-is-better measurements (HyperCRL's errors)
             checkpoint: agent.state_dict()
 
     Construction: ``(obs_dim, act_dim, num_tasks, config, device)`` with ``config`` an instance of the

@@ -56,18 +56,16 @@ class ReDo(Extension):
     config_class = ReDoConfig
     requires = _NEEDS
 
-    def _due(self) -> bool:
-        steps = self.learner.gradient_steps
+    def _due(self, steps: int) -> bool:
         return self.cfg.redo_every > 0 and steps > 0 and steps % self.cfg.redo_every == 0
 
     def capture(self) -> frozenset[str]:
-        return frozenset(self.learner.probes) if self._due() else frozenset()
+        return frozenset(self.learner.probes) if self._due(self.learner.gradient_steps) else frozenset()
 
     def after_update(self, stats):
         # gradient_steps has just advanced: the step that captured was due at the old count
         learner = self.learner
-        steps = learner.gradient_steps - 1
-        if not (self.cfg.redo_every > 0 and steps > 0 and steps % self.cfg.redo_every == 0):
+        if not self._due(learner.gradient_steps - 1):
             return {}
         dormant = {name: [dormant_mask(h, self.cfg.redo_tau) if h.dim() == 2
                           else torch.stack([dormant_mask(m, self.cfg.redo_tau) for m in h])

@@ -195,11 +195,11 @@ class ContinualLoop:
         if self.on_eval is not None:
             self.on_eval(self.state, rows)
 
-    def _count_safety(self, step, done: torch.Tensor) -> None:
+    def _count_safety(self, catastrophe: torch.Tensor, success, done: torch.Tensor) -> None:
         """Add a training step's catastrophes, finished episodes and goals to the device counters (no sync)."""
-        for key, flags in (("train_catastrophes", step.catastrophe), ("train_episodes", done),
-                           ("train_goals", torch.as_tensor(step.success, device=self.device) & done)):
-            count = torch.as_tensor(flags, device=self.device).sum()
+        for key, flags in (("train_catastrophes", catastrophe), ("train_episodes", done),
+                           ("train_goals", torch.as_tensor(success, device=self.device) & done)):
+            count = flags.sum()
             self._safety_sums[key] = self._safety_sums[key] + count if key in self._safety_sums else count
 
     def safety_counters(self) -> dict[str, int]:
@@ -317,7 +317,7 @@ class ContinualLoop:
             done = torch.as_tensor(step.terminated | step.truncated, device=self.device)
             catastrophe = torch.as_tensor(step.catastrophe, device=self.device) if task.catastrophes else None
             if catastrophe is not None:
-                self._count_safety(step, done)
+                self._count_safety(catastrophe, step.success, done)
             self.agent.observe(Transitions(
                 obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
                 next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),

@@ -196,12 +196,11 @@ class OffPolicyLearner(ReplayLearner):
                 action = ext.act(obs, task_index, deterministic)
                 if action is not None:
                     return action
-            return self.actor.act(self.policy_input(obs, task_index), self.heads(task_index),
-                                  deterministic=deterministic)
+        args = (self.policy_input(obs, task_index), self.heads(task_index), deterministic)
+        if not weights:  # the actor's own weights (an empty view too: PackNet's task in training, every env step)
+            return self.actor.act(*args)
         view = {f"actor.{n}": w for n, w in weights.items()}
-        return functional_call(_ActView(self.actor), view,
-                               (self.policy_input(obs, task_index), self.heads(task_index), deterministic),
-                               strict=False)
+        return functional_call(_ActView(self.actor), view, args, strict=False)
 
     # -- the Agent contract (the rest is crl/learner.py's) -------------------------------------------
 
@@ -224,17 +223,19 @@ class OffPolicyLearner(ReplayLearner):
 
     # -- the gradient step's learner-specific points (crl/learner.py runs it) ------------------------
 
+    def _measuring(self) -> bool:
+        """Whether this gradient step takes a plasticity measurement (every ``plasticity_every`` steps)."""
+        return self.cfg.plasticity_every > 0 and self.gradient_steps % self.cfg.plasticity_every == 0
+
     def capture(self) -> frozenset[str]:
-        measure = self.cfg.plasticity_every > 0 and self.gradient_steps % self.cfg.plasticity_every == 0
-        return frozenset(self.probes) if measure else frozenset()
+        return frozenset(self.probes) if self._measuring() else frozenset()
 
     def precision(self):
         # bf16: CPUs with AVX512-BF16 (and GPUs) run the update's matmuls ~1.4× faster (scripts/bench_sac.py)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def after_backward(self, stats: dict[str, torch.Tensor]) -> None:
-        cfg = self.cfg
-        if cfg.plasticity_every > 0 and self.gradient_steps % cfg.plasticity_every == 0:
+        if self._measuring():
             for probe in self.probes.values():  # after backward: gradient norms are part of the measurement
                 stats.update(probe.collect())
 

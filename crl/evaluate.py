@@ -110,7 +110,8 @@ class Evaluator:
         groups = [(t, "train", self._env(t)) for t in tasks]
         groups += [(t, "heldout", self._env(t.heldout, "heldout")) for t in tasks if t.heldout is not None]
         sizes = [env.num_envs for _, _, env in groups]
-        total, dev = sum(sizes), self.device
+        bounds = np.cumsum([0, *sizes])
+        total, dev = int(bounds[-1]), self.device
         obs = torch.cat([env.reset() for _, _, env in groups]).float()
         task_index = torch.as_tensor(np.repeat([t.index for t, _, _ in groups], sizes), device=dev)
         zeros = lambda dtype: torch.zeros(total, dtype=dtype, device=dev)  # noqa: E731
@@ -127,7 +128,6 @@ class Evaluator:
                 alive.append(live)
             actions = agent.act(obs, task_index, explore=False, deterministic=self.deterministic, first=first)
             steps = []
-            bounds = np.cumsum([0, *sizes])
             for g, (_, _, env) in enumerate(groups):
                 steps.append(env.step(actions[bounds[g]:bounds[g + 1]]))
             cat = lambda name: torch.cat([getattr(s, name) for s in steps])  # noqa: E731
@@ -156,7 +156,6 @@ class Evaluator:
             auroc_held = auroc(s_np[held], w_np[held])
         goal_np, lava_np = goal.cpu().numpy(), lava.cpu().numpy()
         returns_np, lengths_np = returns.cpu().numpy(), lengths.cpu().numpy()
-        bounds = np.cumsum([0, *sizes])
         per: dict[tuple[int, str], dict[str, float]] = {}
         for g, (task, split, _) in enumerate(groups):
             sl = slice(bounds[g], bounds[g + 1])

@@ -254,6 +254,11 @@ class LayoutSet:
         self.starts = torch.as_tensor([r * self.width + c for r, c in (lay.start for lay in layouts)],
                                       dtype=torch.long, device=self.device)
         self.planes = torch.stack([self.cells == WALL, self.cells == LAVA, self.cells == GOAL], 1).float()
+        # Each layout's flat observation with the agent plane empty: rendering is one gather and one scatter
+        # (3x faster at 4096 envs on CPU than concatenating a one-hot agent plane, issue 15).
+        hw = self.height * self.width
+        self.obs_template = torch.cat([self.planes, self.planes.new_zeros(len(layouts), 1, hw)], 1).view(len(layouts), -1)
+        self.agent_offset = (PLANES - 1) * hw
         w = self.width
         self.moves = torch.as_tensor([-w, w, -1, 1], dtype=torch.long, device=self.device)
 
@@ -278,14 +283,12 @@ def transition(ls: LayoutSet, layout, pos, t, action, max_steps: int = MAX_STEPS
 def render(ls: LayoutSet, layout, pos, mode: str = "flat"):
     """Observations of n worlds: ``flat`` (n, 4·H·W), ``grid`` (n, 4, H, W) float32, ``board`` (n, H, W) uint8."""
     import torch
-    import torch.nn.functional as F
 
     if mode == "board":
         board = ls.cells[layout].scatter(1, pos.unsqueeze(1), AGENT)
         return board.view(-1, ls.height, ls.width).to(torch.uint8)
-    agent = F.one_hot(pos, ls.height * ls.width).float().unsqueeze(1)
-    obs = torch.cat([ls.planes[layout], agent], 1)
-    return obs.view(-1, PLANES * ls.height * ls.width) if mode == "flat" else obs.view(-1, PLANES, ls.height, ls.width)
+    obs = ls.obs_template.index_select(0, layout).scatter_(1, (pos + ls.agent_offset).unsqueeze(1), 1.0)
+    return obs if mode == "flat" else obs.view(-1, PLANES, ls.height, ls.width)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ Differs from the paper (each measured on two CPU cores; issue 13 and ``scripts/l
 - Retrieval matches centred queries: the mean query over the pre-training data (a fixed vector of the
   frozen backbone) is subtracted before the cosine (``center_queries``). Raw queries of all tasks share one
   direction (cosine 0.98 between CW10 tasks' mean queries), so new keys captured old tasks' states.
+- Modules reserved per task in training (``modules_per_task``, default pool_size // tasks = 3 on CW10): each task
+  trains only modules no earlier task trained, chosen among them by key; evaluation stays task-agnostic (top-1
+  over all keys). L2M's soft count penalty let the first four CW10 tasks claim all 30 modules (seed 1), so every
+  later task trained an earlier task's modules. ``modules_per_task=0`` restores the penalty alone.
+- Pre-training keys (``pretrain_keys``, 4 per MT40 task, k-means of its queries, fixed): at evaluation a state
+  nearer one of them than to every module key runs the backbone unmodulated, so pre-training tasks keep the
+  backbone's skills. L2M's code has this (``n_pretrain_keys``) but no shipped config uses it.
 - AdamW's moments are zeroed at each task switch (``reset_optimizer_on_task``, as Continual World does for SAC).
   Without it the momentum kept moving the previous task's modules and keys for tens of steps after the switch,
   and hammer fell from 1.0 to 0.0 within 500 steps of push-wall (seed 2: CW10 0.64 → 0.74 with the reset).
@@ -85,7 +92,11 @@ class L2MConfig:
     center_queries: bool = True  # subtract the pre-training data's mean query before matching (L2M: no)
     reset_optimizer_on_task: bool = True  # zero AdamW's moments at each task switch, so an earlier task's modules
     #                                       and keys stop moving with the switch (L2M: no; issue 13: hammer kept)
-    count_penalty: bool = True  # new tasks claim modules unused so far
+    count_penalty: bool = True  # new tasks claim modules unused so far (only with modules_per_task=0)
+    modules_per_task: int = -1  # l2m: modules reserved for each task in training, chosen among them by key;
+    #                             -1 = pool_size // tasks, 0 = L2M's soft count penalty alone (issue 13)
+    pretrain_keys: int = 4  # l2m: fixed keys per pre-training task (k-means of its queries) that route a state to
+    #                         no modulation at evaluation (L2M's code: n_pretrain_keys, unused); 0 = off
     target_return_mult: float = 1.0  # RTG target = this × the task data's best episode return
     ewc_lambda: float = 400.0  # L2M's EWC (and L2) strength
     fisher_batches: int = 10  # batches for the Fisher estimate at each task end
@@ -141,10 +152,21 @@ class L2M(ContextualAgent):
         self.pool: LoRAPool | None = None
         self.keys: nn.Parameter | None = None
         self.prompts: PromptPool | None = None
+        for name in ("modules_per_task", "pretrain_keys"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or value < (-1 if name == "modules_per_task" else 0):
+                raise UsageError(f"agent.{name} must be an integer >= {-1 if name == 'modules_per_task' else 0}, "
+                                 f"got {value!r}")
+        # Modules per task in training: l2m-oracle's slices, or l2m's reservation (0: the count penalty decides).
+        self.per_task = 0
+        if self.method == "l2m-oracle" or (self.method == "l2m" and config.modules_per_task != 0):
+            self.per_task = (config.pool_size // num_tasks if self.method == "l2m-oracle" or config.modules_per_task < 0
+                             else config.modules_per_task)
+            if self.per_task < 1 or self.per_task * num_tasks > config.pool_size:
+                raise UsageError(f"{self.method} reserves {max(self.per_task, 1)} module(s) for each of {num_tasks} tasks "
+                                 f"but agent.pool_size is {config.pool_size}; raise pool_size or lower modules_per_task")
         if self.method in ("l2m", "l2m-oracle", "lora"):
             size = 1 if self.method == "lora" else config.pool_size
-            if self.method == "l2m-oracle" and size < num_tasks:
-                raise UsageError(f"l2m-oracle needs agent.pool_size >= {num_tasks} tasks, got {size}")
             self.pool = LoRAPool(size, self.dt_cfg.n_layers, d, 4 * d, config.rank).to(device)
             self.keys = nn.Parameter(torch.empty(size, d, device=device).uniform_(-1, 1))
         elif self.method == "l2p":
@@ -165,6 +187,7 @@ class L2M(ContextualAgent):
         self.datasets: dict[str, Any] = {}
         self.targets: dict[str, float] = {}  # RTG target per task name, saved with the agent
         self.query_center = torch.zeros(self.dt_cfg.d_model, device=device)  # set by prepare, saved
+        self.null_keys = torch.zeros(0, self.dt_cfg.d_model, device=device)  # set by prepare, saved
         self.gradient_steps = 0
         self._ctx: RollingContext | None = None
         self._row_targets: torch.Tensor | None = None
@@ -201,6 +224,8 @@ class L2M(ContextualAgent):
         self.targets.update(target_returns(list(dict.fromkeys(names)), self.data_dir, self.cfg.target_return_mult))
         if self.cfg.center_queries:
             self.query_center = self._mean_pretraining_query()
+        if self.method == "l2m" and self.cfg.pretrain_keys > 0:
+            self.null_keys = self._pretraining_keys(self.cfg.pretrain_keys)
 
     @torch.no_grad()
     def _mean_pretraining_query(self, windows: int = 8192) -> torch.Tensor:
@@ -215,6 +240,29 @@ class L2M(ContextualAgent):
         datasets = [load_task(t, self.data_dir) for t in resolve_tasks(self.cfg.pretrain_tasks)]
         b = WindowSampler(datasets, self.dt_cfg.context, self.device, seed=12345).sample(windows)
         return self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"], centred=False).mean(0)
+
+    @torch.no_grad()
+    def _pretraining_keys(self, per_task: int, windows: int = 1024, iterations: int = 20) -> torch.Tensor:
+        """``per_task`` unit keys per pre-training task: spherical k-means of its (centred) queries.
+
+        At evaluation a state whose query is closer to one of these than to every module key gets no
+        modulation, so the pre-training tasks keep the frozen backbone's behaviour. Measured on a
+        finished CW10 run (seed 1, one key per task): 79% of pre-training states routed to no modulation
+        against 0–17% of each CW10 task's own states."""
+        from crl.envs.data import load_task, resolve_tasks
+
+        gen = torch.Generator().manual_seed(2024)
+        keys = []
+        for i, name in enumerate(resolve_tasks(self.cfg.pretrain_tasks)):
+            b = WindowSampler([load_task(name, self.data_dir)], self.dt_cfg.context, self.device, seed=777 + i).sample(windows)
+            q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
+            centres = q[torch.randperm(q.shape[0], generator=gen)[:per_task].to(q.device)]
+            for _ in range(iterations):
+                assign = (q @ centres.T).argmax(-1)
+                sums = torch.zeros_like(centres).index_add_(0, assign, q)
+                centres = torch.where(sums.norm(dim=-1, keepdim=True) > 0, F.normalize(sums, dim=-1), centres)
+            keys.append(centres)
+        return torch.cat(keys)
 
     def _pretrained(self, report=None) -> DecisionTransformer:
         model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log,
@@ -270,18 +318,28 @@ class L2M(ContextualAgent):
         return query - self.query_center if centred and self.cfg.center_queries else query
 
     def _select(self, query: torch.Tensor, task_index: int | torch.Tensor, train: bool):
-        """Top-1 module per row: (indices (B,), cosine similarity with the selected key (B,), with grad)."""
-        sim = F.normalize(query.float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
+        """Top-1 module per row: (indices (B,), cosine similarity with the selected key (B,), with grad,
+        rows to modulate (B,) bool or None for all).
+
+        l2m-oracle always, and l2m in training, choose among the modules reserved for the task; l2m at
+        evaluation among all keys, and a row nearer a pre-training key than any module key is not modulated.
+        Why l2m reserves modules: with the soft count penalty alone the first four CW10 tasks claimed all 30
+        modules (seed 1), so every later task trained modules of earlier ones and learnt little (push-back
+        0.0, peg-unplug-side 0.0 right after their own training; issue 13)."""
+        q = F.normalize(query.float(), dim=-1)
+        sim = q @ F.normalize(self.keys.float(), dim=-1).T
         score = sim
-        if self.method == "l2m-oracle":
-            per_task = self.keys.shape[0] // self.num_tasks
-            owner = torch.arange(self.keys.shape[0], device=self.device) // per_task
+        if self.per_task and (train or self.method == "l2m-oracle"):
+            owner = torch.arange(self.keys.shape[0], device=self.device) // self.per_task
             rows = torch.as_tensor(task_index, device=self.device).expand(sim.shape[0])
             score = sim.masked_fill(owner[None, :] != rows[:, None], -2.0)
         elif train and self.cfg.count_penalty and self.task_index > 0:
             score = (sim.detach() + 1) / 2 * self.inv_counts
-        idx = score.argmax(-1)
-        return idx, sim.gather(1, idx[:, None]).squeeze(1)
+        best, idx = score.max(-1)
+        active = None
+        if not train and self.method == "l2m" and self.null_keys.shape[0]:
+            active = best >= (q @ self.null_keys.T).max(-1).values
+        return idx, sim.gather(1, idx[:, None]).squeeze(1), active
 
     def _forward(self, states, actions, returns_to_go, timesteps, mask, task_index, train: bool):
         """Embed once, select modules or prompts from the embedded state tokens, run the trunk.
@@ -292,8 +350,10 @@ class L2M(ContextualAgent):
         if self.method == "lora":
             mod = self.pool.bind(0)
         elif self.method in ("l2m", "l2m-oracle"):
-            idx, sim = self._select(self._query(tokens[:, 1::3], mask), task_index, train)
-            mod, key_loss = self.pool.bind(idx), -self.cfg.key_loss_coef * sim.mean()
+            idx, sim, active = self._select(self._query(tokens[:, 1::3], mask), task_index, train)
+            if active is not None and bool(active.all()):
+                active = None
+            mod, key_loss = self.pool.bind(idx, active), -self.cfg.key_loss_coef * sim.mean()
         elif self.method == "l2p":
             sim = self.prompts.similarity(self._query(tokens[:, 1::3], mask))
             score = (sim.detach() + 1) / 2 * self.inv_counts if train and self.task_index > 0 else sim
@@ -387,10 +447,12 @@ class L2M(ContextualAgent):
         return [metaworld_task(name, i, len(chosen)) for i, name in enumerate(chosen)]
 
     def selected_module(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Task-agnostic top-1 module per row (evaluation-time retrieval), for inspection and tests."""
+        """Task-agnostic top-1 module per row (evaluation-time retrieval), −1 where a pre-training key wins
+        (no modulation), for inspection and tests."""
         with torch.no_grad():
             state_tokens = self.backbone.state_embeddings(states, timesteps)
-        return self._select(self._query(state_tokens, mask), 0, train=False)[0]
+            idx, _, active = self._select(self._query(state_tokens, mask), 0, train=False)
+        return idx if active is None else idx.masked_fill(~active, -1)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -408,6 +470,7 @@ class L2M(ContextualAgent):
             "sampler_task": self._sampler_task,
             "targets": dict(self.targets),
             "query_center": self.query_center.cpu(),
+            "null_keys": self.null_keys.cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -429,6 +492,7 @@ class L2M(ContextualAgent):
         self.task_index, self.gradient_steps = state["task_index"], state["gradient_steps"]
         self.targets = dict(state["targets"])
         self.query_center = state["query_center"].to(self.device)
+        self.null_keys = state.get("null_keys", self.null_keys[:0].cpu()).to(self.device)  # absent before issue 13
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]
 
 

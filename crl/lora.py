@@ -88,9 +88,10 @@ class LoRAPool(nn.Module):
             return None
         return modules, torch.nn.functional.one_hot(inverse, modules.numel())
 
-    def bind(self, idx: int | torch.Tensor) -> "LoRAModulation":
-        """The modulation object ``DecisionTransformer.forward`` takes: this pool with modules ``idx``."""
-        return LoRAModulation(self, idx)
+    def bind(self, idx: int | torch.Tensor, active: torch.Tensor | None = None) -> "LoRAModulation":
+        """The modulation object ``DecisionTransformer.forward`` takes: this pool with modules ``idx``.
+        ``active`` (B,) bool, with per-row ``idx``: rows where it is False get no modulation."""
+        return LoRAModulation(self, idx, active)
 
     def module_parameters(self, i: int) -> dict[str, torch.Tensor]:
         """Module ``i``'s tensors (views into the stacked parameters), e.g. ``{"A_q": (L, d, r), ...}``."""
@@ -112,15 +113,19 @@ class LoRAPool(nn.Module):
 class LoRAModulation:
     """A ``LoRAPool`` bound to selected modules: ``delta(site, layer, x)`` as the model calls it."""
 
-    __slots__ = ("pool", "idx", "groups")
+    __slots__ = ("pool", "idx", "groups", "row_scale")
 
-    def __init__(self, pool: LoRAPool, idx: int | torch.Tensor):
+    def __init__(self, pool: LoRAPool, idx: int | torch.Tensor, active: torch.Tensor | None = None):
         self.pool, self.idx = pool, idx
         per_row = isinstance(idx, torch.Tensor) and idx.dim() == 1
         self.groups = LoRAPool.module_groups(idx) if per_row else None  # once per forward, not per site
+        self.row_scale = None if active is None else active.float()[:, None, None]
 
     def delta(self, site: str, layer: int, x: torch.Tensor) -> torch.Tensor | None:
-        return self.pool.delta(site, layer, x, self.idx, self.groups)
+        out = self.pool.delta(site, layer, x, self.idx, self.groups)
+        if out is None or self.row_scale is None:
+            return out
+        return out * self.row_scale.to(out.dtype)
 
 
 class PromptPool(nn.Module):

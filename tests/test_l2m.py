@@ -63,13 +63,38 @@ def test_retrieval_picks_the_modules_trained_for_each_task(l2m_run, data_dir):
     from crl.envs.data import load_task
 
     assert torch.all(agent.usage.sum(1) > 0)
+    assert not ((agent.usage[0] > 0) & (agent.usage[1] > 0)).any()  # each task trained its own modules
     for task in sequence.tasks:
         batch = WindowSampler([load_task(task.name, data_dir)], agent.dt_cfg.context, torch.device("cpu"), seed=5).sample(64)
         chosen = agent.selected_module(batch["obs"], batch["timestep"], batch["mask"])
-        own = agent.usage[task.index, chosen] > 0  # retrieved module was trained on this task
+        own = (chosen >= 0) & (agent.usage[task.index, chosen.clamp_min(0)] > 0)  # trained on this task
         # 0.8, not 1: states alone do not always tell tasks apart (tiny backbone, 150 steps: hammer 1.00,
         # push-wall 0.84; a nearest-centroid query on the quick backbone tells push-wall from push 0.36)
         assert own.float().mean() > 0.8, (task.name, chosen.tolist(), agent.usage.tolist())
+
+
+def test_pretraining_states_run_the_backbone_unmodulated(l2m_run, data_dir):
+    """States of the pre-training tasks match their own fixed keys, and those rows get exactly the
+    frozen backbone's output: the modules cannot change what the backbone does on its own tasks."""
+    cfg, run_dir, _ = l2m_run
+    agent = make_agent(cfg, make_sequence("cw2"), torch.device("cpu"))
+    agent.load_state_dict(checkpoint.load(run_dir)["agent"])
+    assert agent.null_keys.shape == (2 * agent.cfg.pretrain_keys, agent.dt_cfg.d_model)
+    from crl.dt import WindowSampler
+    from crl.envs.data import load_task
+
+    for name in ("reach-v3", "button-press-v3"):
+        b = WindowSampler([load_task(name, data_dir)], agent.dt_cfg.context, torch.device("cpu"), seed=3).sample(64)
+        routed = agent.selected_module(b["obs"], b["timestep"], b["mask"]) < 0
+        assert routed.float().mean() > 0.5, name
+        agent.backbone.eval()
+        with torch.no_grad():
+            modulated, _, _ = agent._forward(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"], 0,
+                                             train=False)
+            plain = agent.backbone(b["obs"], b["action"], b["returns_to_go"], b["timestep"], b["mask"])
+        assert torch.allclose(modulated[routed], plain[routed], atol=1e-5)
+        if (~routed).any():  # the other rows are modulated by a trained module
+            assert not torch.allclose(modulated[~routed], plain[~routed], atol=1e-5)
 
 
 def test_checkpoint_restores_pool_and_usage_counts(l2m_run):

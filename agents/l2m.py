@@ -36,7 +36,8 @@ Differs from the paper (each measured on two CPU cores; issue 13 and ``scripts/l
   later task trained an earlier task's modules. ``modules_per_task=0`` restores the penalty alone.
 - Pre-training keys (``pretrain_keys``, 4 per MT40 task, k-means of its queries, fixed): at evaluation a state
   nearer one of them than to every module key runs the backbone unmodulated, so pre-training tasks keep the
-  backbone's skills. L2M's code has this (``n_pretrain_keys``) but no shipped config uses it.
+  backbone's skills. A key that would take any of a trained task's data states from its modules is dropped at
+  that task's end. L2M's code has such keys (``n_pretrain_keys``) but no shipped config uses them.
 - AdamW's moments are zeroed at each task switch (``reset_optimizer_on_task``, as Continual World does for SAC).
   Without it the momentum kept moving the previous task's modules and keys for tens of steps after the switch,
   and hammer fell from 1.0 to 0.0 within 500 steps of push-wall (seed 2: CW10 0.64 → 0.74 with the reset).
@@ -188,6 +189,9 @@ class L2M(ContextualAgent):
         self.targets: dict[str, float] = {}  # RTG target per task name, saved with the agent
         self.query_center = torch.zeros(self.dt_cfg.d_model, device=device)  # set by prepare, saved
         self.null_keys = torch.zeros(0, self.dt_cfg.d_model, device=device)  # set by prepare, saved
+        self.null_alive = torch.zeros(0, dtype=torch.bool, device=device)  # null keys not shadowed by a trained task
+        self._null_eval = self.null_alive  # the null keys used by the current evaluation
+        self.task_open = False  # between begin_task and end_task
         self.gradient_steps = 0
         self._ctx: RollingContext | None = None
         self._row_targets: torch.Tensor | None = None
@@ -226,6 +230,7 @@ class L2M(ContextualAgent):
             self.query_center = self._mean_pretraining_query()
         if self.method == "l2m" and self.cfg.pretrain_keys > 0:
             self.null_keys = self._pretraining_keys(self.cfg.pretrain_keys)
+            self.null_alive = torch.ones(self.null_keys.shape[0], dtype=torch.bool, device=self.device)
 
     @torch.no_grad()
     def _mean_pretraining_query(self, windows: int = 8192) -> torch.Tensor:
@@ -264,6 +269,17 @@ class L2M(ContextualAgent):
             keys.append(centres)
         return torch.cat(keys)
 
+    @torch.no_grad()
+    def _shadowed_null_keys(self, task_index: int, task_name: str, windows: int = 2048) -> torch.Tensor:
+        """The null keys that would take any of ``windows`` states of the task's data from the modules trained
+        so far: the task's states resemble those of a pre-training task there, and the task wins (on a finished
+        CW10 run, 4 of 160 keys kept took 24% of push-wall's states and push-wall fell from 1.0 to 0.0)."""
+        b = WindowSampler([self._dataset(task_name)], self.dt_cfg.context, self.device, seed=4242 + task_index).sample(windows)
+        q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
+        trained = self.keys[: (task_index + 1) * self.per_task] if self.per_task else self.keys
+        best = (q @ F.normalize(trained.float(), dim=-1).T).max(-1).values
+        return ((q @ self.null_keys.T) > best[:, None]).any(0)
+
     def _pretrained(self, report=None) -> DecisionTransformer:
         model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log,
                                                      report=report)
@@ -288,7 +304,7 @@ class L2M(ContextualAgent):
     # -- the Agent contract ----------------------------------------------------------------------
 
     def begin_task(self, task: Task) -> None:
-        self.task_index = task.index
+        self.task_index, self.task_open = task.index, True
         self._make_sampler(task.name, seed=self.cfg.seed * 1000 + task.index)
         if self.cfg.reset_optimizer_on_task:
             for state in self.optimizer.state.values():  # the step count stays (bias correction continues)
@@ -304,8 +320,11 @@ class L2M(ContextualAgent):
         self._sampler_task, self._sampler_state = task_name, None
 
     def end_task(self, task: Task) -> None:
+        self.task_open = False
         if self.method in ("ewc", "l2"):
             self._consolidate()
+        if self.null_keys.shape[0]:
+            self.null_alive &= ~self._shadowed_null_keys(task.index, task.name)
 
     def observe(self, batch: Transitions) -> None:
         raise RuntimeError("L2M learns from datasets; the loop never calls observe for it")
@@ -337,8 +356,8 @@ class L2M(ContextualAgent):
             score = (sim.detach() + 1) / 2 * self.inv_counts
         best, idx = score.max(-1)
         active = None
-        if not train and self.method == "l2m" and self.null_keys.shape[0]:
-            active = best >= (q @ self.null_keys.T).max(-1).values
+        if not train and self.method == "l2m" and bool(self._null_eval.any()):
+            active = best >= (q @ self.null_keys[self._null_eval].T).max(-1).values
         return idx, sim.gather(1, idx[:, None]).squeeze(1), active
 
     def _forward(self, states, actions, returns_to_go, timesteps, mask, task_index, train: bool):
@@ -415,6 +434,9 @@ class L2M(ContextualAgent):
     def prepare_evaluation(self, row_tasks: list[Task]) -> None:
         self._row_targets = torch.tensor([self._target_return(t.name) for t in row_tasks], device=self.device)
         self._ctx = None
+        self._null_eval = self.null_alive
+        if self.null_keys.shape[0] and self.task_open and self._sampler_task in self.datasets:  # the task in training
+            self._null_eval = self.null_alive & ~self._shadowed_null_keys(self.task_index, self._sampler_task)
 
     @torch.no_grad()
     def act(self, obs, task_index, *, explore, deterministic=False, first=None):
@@ -449,6 +471,7 @@ class L2M(ContextualAgent):
     def selected_module(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Task-agnostic top-1 module per row (evaluation-time retrieval), −1 where a pre-training key wins
         (no modulation), for inspection and tests."""
+        self._null_eval = self.null_alive
         with torch.no_grad():
             state_tokens = self.backbone.state_embeddings(states, timesteps)
             idx, _, active = self._select(self._query(state_tokens, mask), 0, train=False)
@@ -465,12 +488,12 @@ class L2M(ContextualAgent):
             "counts": self.counts.cpu(), "inv_counts": self.inv_counts.cpu(), "usage": self.usage.cpu(),
             "optimizer": self.optimizer.state_dict(),
             "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
-            "task_index": self.task_index, "gradient_steps": self.gradient_steps,
+            "task_index": self.task_index, "gradient_steps": self.gradient_steps, "task_open": self.task_open,
             "sampler": self._sampler_state if self.sampler is None else self.sampler.state_dict(),
             "sampler_task": self._sampler_task,
             "targets": dict(self.targets),
             "query_center": self.query_center.cpu(),
-            "null_keys": self.null_keys.cpu(),
+            "null_keys": self.null_keys.cpu(), "null_alive": self.null_alive.cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -490,9 +513,12 @@ class L2M(ContextualAgent):
         if self.regularizer is not None:
             self.regularizer.load_state_dict(state["regularizer"])
         self.task_index, self.gradient_steps = state["task_index"], state["gradient_steps"]
+        self.task_open = state.get("task_open", False)
         self.targets = dict(state["targets"])
         self.query_center = state["query_center"].to(self.device)
         self.null_keys = state.get("null_keys", self.null_keys[:0].cpu()).to(self.device)  # absent before issue 13
+        self.null_alive = state.get("null_alive", self.null_alive[:0].cpu()).to(self.device)
+        self._null_eval = self.null_alive
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]
 
 

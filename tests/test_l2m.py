@@ -171,7 +171,7 @@ def test_crash_mid_task_then_resume_equals_the_uninterrupted_run(data_dir, tmp_p
     a, b = checkpoint.load(whole)["agent"], checkpoint.load(tmp_path / "crashed")["agent"]
     for name, tensor in a["pool"].items():
         assert torch.equal(tensor, b["pool"][name]), name
-    for key in ("keys", "counts", "usage", "inv_counts"):
+    for key in ("keys", "counts", "usage", "inv_counts", "null_alive"):
         assert torch.equal(a[key], b[key]), key
     assert a["gradient_steps"] == b["gradient_steps"] == 40
 

@@ -254,12 +254,30 @@ def _group_name(g: Group, groups: list[Group]) -> str:
     return f"{g.label} ({p['steps_per_task']:,} steps/task{'' if p['finished'] else ', unfinished'})"
 
 
-def markdown(groups: list[Group], notes: list[str]) -> str:
+SAFETY_TITLE = "Safety (last evaluation; train_cats = catastrophes during training, cumulative)"
+
+
+def _safety_group_rows(groups: list[Group], safety: dict[str, dict[str, Any]]) -> list[tuple[str, int, list[str]]]:
+    """(group name, seeds, mean [90% CI] per safety column) for the groups with safety results."""
+    rows = []
+    for g in groups:
+        stats = _safety_stats(g, safety)
+        if stats:
+            rows.append((_group_name(g, groups), len(g.runs), [_ci(stats.get(f"safety_{c}")) for c in SAFETY_COLUMNS]))
+    return rows
+
+
+def markdown(groups: list[Group], notes: list[str], safety: dict[str, dict[str, Any]] | None = None) -> str:
     cols = [c for c in COLUMNS if any(g.stats.get(c) for g in groups)]
     lines = ["| sequence · agent | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for g in groups:
         lines.append(f"| {_group_name(g, groups)} | {len(g.runs)} | " + " | ".join(_ci(g.stats.get(c)) for c in cols)
                      + " |")
+    safety_rows = _safety_group_rows(groups, safety or {})
+    if safety_rows:
+        lines += ["", f"{SAFETY_TITLE}:", "", "| sequence · agent | seeds | " + " | ".join(SAFETY_COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(SAFETY_COLUMNS)]
+        lines += [f"| {name} | {n} | " + " | ".join(values) + " |" for name, n, values in safety_rows]
     text = "\n".join(lines) + "\n\nMean [90% bootstrap CI] over seeds.\n"
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -416,7 +434,8 @@ def _plasticity(g: Group) -> str | None:
     return _png(fig)
 
 
-def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list[tuple[str, str]]) -> str:
+def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list[tuple[str, str]],
+              safety: dict[str, dict[str, Any]] | None = None) -> str:
     esc = html.escape
     cols = sorted({k for g in groups for k, v in g.stats.items() if v})
     main_cols = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
@@ -435,6 +454,12 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
         parts.append(f"<tr><td>{esc(_group_name(g, groups))}</td><td>{len(g.runs)}</td>"
                      + "".join(f"<td>{esc(_ci(g.stats.get(c)))}</td>" for c in main_cols) + "</tr>")
     parts.append("</table>")
+    safety_rows = _safety_group_rows(groups, safety or {})
+    if safety_rows:
+        parts.append(f"<h2>{esc(SAFETY_TITLE)}</h2><p>Mean [90% bootstrap CI] over seeds.</p><table id='safety'><tr>"
+                     "<th>sequence · agent</th><th>seeds</th>" + "".join(f"<th>{esc(c)}</th>" for c in SAFETY_COLUMNS)
+                     + "</tr>" + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
+                                         + "</tr>" for name, n, values in safety_rows) + "</table>")
     refs = [g for g in groups if g.references]
     if refs:
         parts.append("<p class='foot'>Forward transfer references: " + "; ".join(
@@ -449,7 +474,17 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
         parts.append(f"<tr><td>{esc(str(r.path))}</td><td>{esc(s['sequence'])}</td><td>{esc(s['agent'])}</td>"
                      f"<td>{s['seed']}</td><td>{'yes' if s.get('finished') else 'no'}</td>"
                      + "".join(f"<td>{esc(_fmt(m.get(c)).strip())}</td>" for c in COLUMNS) + "</tr>")
-    parts.append("</table><h2>Notes</h2><ol class='foot'>" + "".join(f"<li>{esc(n)}</li>" for n in FOOTNOTES)
+    parts.append("</table>")
+    for r in runs:  # agents' own retention measurements (e.g. HyperCRL's dynamics errors), lower is better
+        for name, E in r.summary.get("error_matrices", {}).items():
+            m = r.summary["error_metrics"][name]
+            parts.append(f"<h3>{esc(r.path.name)}: {esc(name)}</h3><p class='foot'>lower is better; row = after task i, "
+                         f"column = task j; first task after the last / right after its training: "
+                         f"{esc(_fmt(m['first_task_ratio']).strip())}, mean ratio {esc(_fmt(m['mean_ratio']).strip())}</p>"
+                         "<table class='errors'>" + "".join(
+                             f"<tr><th>after {i}</th>" + "".join(f"<td>{esc(_fmt(v).strip())}</td>" for v in row) + "</tr>"
+                             for i, row in enumerate(E)) + "</table>")
+    parts.append("<h2>Notes</h2><ol class='foot'>" + "".join(f"<li>{esc(n)}</li>" for n in FOOTNOTES)
                  + "</ol></body></html>")
     return "\n".join(parts)
 
@@ -480,8 +515,8 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
         out.mkdir(parents=True, exist_ok=True)
         from crl.fileio import atomic_write_text
 
-        atomic_write_text(out / MD_FILE, markdown(groups, notes))
-        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups)))
+        atomic_write_text(out / MD_FILE, markdown(groups, notes, safety))
+        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), safety))
         written = [out / HTML_FILE, out / MD_FILE]
     if as_json:
         print(json.dumps({"runs": table, "aggregates": aggregates, "notes": notes}, indent=2))
@@ -499,7 +534,7 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
             print(f"{_group_name(g, groups):<{width}} {len(g.runs):>5}  "
                   + "  ".join(f"{_ci(g.stats.get(c)):<24}" for c in cols))
     if safety:
-        print(f"\nsafety (last evaluation; train_cats = catastrophes during training, cumulative)\n{'run':<44} "
+        print(f"\n{SAFETY_TITLE[0].lower() + SAFETY_TITLE[1:]}\n{'run':<44} "
               + " ".join(f"{c[:12]:>12}" for c in SAFETY_COLUMNS))
         for path, values in safety.items():
             print(f"{Path(path).name[:44]:<44} " + " ".join(f"{_fmt(values[c]):>12}" for c in SAFETY_COLUMNS))

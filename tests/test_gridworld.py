@@ -231,6 +231,12 @@ def test_dqn_through_the_loop_counts_catastrophes(tmp_path):
     assert all("heldout_catastrophe_rate" in r and "train_catastrophes" in r for r in rows)
     counts = [r["train_catastrophes"] for r in rows]
     assert counts == sorted(counts)  # cumulative over the run
+    from crl.report import report
+
+    report([run_dir], out=tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    n = safety["train_catastrophes"]
+    assert "id='safety'" in page and f"{n:.3f} [{n:.3f}, {n:.3f}]" in page  # one seed: its own value, CI collapsed
 
 
 def test_help_agent_queries_the_mentor_through_the_loop(tmp_path):

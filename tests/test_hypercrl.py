@@ -234,6 +234,9 @@ def test_smoke_run_writes_error_matrices_and_resumes_state(tmp_path):
     assert "model_nmse_3step" in results["error_matrices"]
     assert results["error_metrics"]["model_nmse_1step"]["first_task_ratio"] is not None
     assert len(results["retention_matrix"]) == 3
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) in (0, None)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "model_nmse_1step" in page and page.count("<tr><th>after ") == 3 * len(results["error_matrices"])
     state = load(run)["agent"]
     fresh, _ = _agent()
     fresh.load_state_dict(state)

@@ -34,10 +34,15 @@ Differs from the paper (each measured on two CPU cores; issue 13 and ``scripts/l
   trains only modules no earlier task trained, chosen among them by key; evaluation stays task-agnostic (top-1
   over all keys). L2M's soft count penalty let the first four CW10 tasks claim all 30 modules (seed 1), so every
   later task trained an earlier task's modules. ``modules_per_task=0`` restores the penalty alone.
-- Pre-training keys (``pretrain_keys``, 4 per MT40 task, k-means of its queries, fixed): at evaluation a state
-  nearer one of them than to every module key runs the backbone unmodulated, so pre-training tasks keep the
-  backbone's skills. A key that would take any of a trained task's data states from its modules is dropped at
-  that task's end. L2M's code has such keys (``n_pretrain_keys``) but no shipped config uses them.
+- Two-level retrieval at evaluation (``task_keys``, 64 per task): each task gets fixed retrieval keys at its start,
+  the spherical k-means centres of its data's queries (frozen embeddings, so they need no training); the nearest
+  one over all tasks names the task, and that task's trained module keys pick the module as in training. Still
+  top-1 key-query matching per sample, without the task id. L2M matches the queries against the 30 trained keys
+  at once; those told push-wall from push for 0.55 of push-wall's states, the task keys for 0.96.
+- Pre-training keys (``pretrain_keys``, 16 per MT40 task, made the same way): a state nearest one of them runs the
+  backbone unmodulated, so pre-training tasks keep the backbone's skills. A key that would take any of a sequence
+  task's data states is dropped at that task's start. L2M's code has such keys (``n_pretrain_keys``) but no shipped
+  config uses them.
 - AdamW's moments are zeroed at each task switch (``reset_optimizer_on_task``, as Continual World does for SAC).
   Without it the momentum kept moving the previous task's modules and keys for tens of steps after the switch,
   and hammer fell from 1.0 to 0.0 within 500 steps of push-wall (seed 2: CW10 0.64 → 0.74 with the reset).
@@ -96,8 +101,10 @@ class L2MConfig:
     count_penalty: bool = True  # new tasks claim modules unused so far (only with modules_per_task=0)
     modules_per_task: int = -1  # l2m: modules reserved for each task in training, chosen among them by key;
     #                             -1 = pool_size // tasks, 0 = L2M's soft count penalty alone (issue 13)
-    pretrain_keys: int = 4  # l2m: fixed keys per pre-training task (k-means of its queries) that route a state to
-    #                         no modulation at evaluation (L2M's code: n_pretrain_keys, unused); 0 = off
+    task_keys: int = 64  # l2m with reserved modules: fixed retrieval keys per task (k-means of its queries); at
+    #                      evaluation the nearest names the task, whose own keys then pick the module; 0 = one flat top-1
+    pretrain_keys: int = 16  # l2m with task_keys: the same per pre-training task, routing a state to no modulation
+    #                          (L2M's code: n_pretrain_keys, unused); 0 = off
     target_return_mult: float = 1.0  # RTG target = this × the task data's best episode return
     ewc_lambda: float = 400.0  # L2M's EWC (and L2) strength
     fisher_batches: int = 10  # batches for the Fisher estimate at each task end
@@ -153,7 +160,7 @@ class L2M(ContextualAgent):
         self.pool: LoRAPool | None = None
         self.keys: nn.Parameter | None = None
         self.prompts: PromptPool | None = None
-        for name in ("modules_per_task", "pretrain_keys"):
+        for name in ("modules_per_task", "task_keys", "pretrain_keys"):
             value = getattr(config, name)
             if not isinstance(value, int) or value < (-1 if name == "modules_per_task" else 0):
                 raise UsageError(f"agent.{name} must be an integer >= {-1 if name == 'modules_per_task' else 0}, "
@@ -188,10 +195,14 @@ class L2M(ContextualAgent):
         self.datasets: dict[str, Any] = {}
         self.targets: dict[str, float] = {}  # RTG target per task name, saved with the agent
         self.query_center = torch.zeros(self.dt_cfg.d_model, device=device)  # set by prepare, saved
-        self.null_keys = torch.zeros(0, self.dt_cfg.d_model, device=device)  # set by prepare, saved
-        self.null_alive = torch.zeros(0, dtype=torch.bool, device=device)  # null keys not shadowed by a trained task
-        self._null_eval = self.null_alive  # the null keys used by the current evaluation
-        self.task_open = False  # between begin_task and end_task
+        # Two-level retrieval (l2m with reserved modules and task_keys): fixed unit keys per task, set at its
+        # begin_task, and per pre-training task ("null keys": no modulation), set by prepare; saved.
+        self.two_level = self.method == "l2m" and self.per_task > 0 and config.task_keys > 0
+        self.task_keys = torch.zeros(num_tasks, config.task_keys if self.two_level else 0, self.dt_cfg.d_model,
+                                     device=device)
+        self.tasks_keyed = 0  # tasks whose retrieval keys are set
+        self.null_keys = torch.zeros(0, self.dt_cfg.d_model, device=device)
+        self.null_alive = torch.zeros(0, dtype=torch.bool, device=device)  # null keys no sequence task's states took
         self.gradient_steps = 0
         self._ctx: RollingContext | None = None
         self._row_targets: torch.Tensor | None = None
@@ -228,8 +239,11 @@ class L2M(ContextualAgent):
         self.targets.update(target_returns(list(dict.fromkeys(names)), self.data_dir, self.cfg.target_return_mult))
         if self.cfg.center_queries:
             self.query_center = self._mean_pretraining_query()
-        if self.method == "l2m" and self.cfg.pretrain_keys > 0:
-            self.null_keys = self._pretraining_keys(self.cfg.pretrain_keys)
+        if self.two_level and self.cfg.pretrain_keys > 0:
+            from crl.envs.data import load_task, resolve_tasks
+
+            self.null_keys = torch.cat([self._retrieval_keys(load_task(name, self.data_dir), self.cfg.pretrain_keys, 777 + i)
+                                        for i, name in enumerate(resolve_tasks(self.cfg.pretrain_tasks))])
             self.null_alive = torch.ones(self.null_keys.shape[0], dtype=torch.bool, device=self.device)
 
     @torch.no_grad()
@@ -247,38 +261,35 @@ class L2M(ContextualAgent):
         return self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"], centred=False).mean(0)
 
     @torch.no_grad()
-    def _pretraining_keys(self, per_task: int, windows: int = 1024, iterations: int = 20) -> torch.Tensor:
-        """``per_task`` unit keys per pre-training task: spherical k-means of its (centred) queries.
+    def _retrieval_keys(self, dataset, k: int, seed: int, windows: int = 4096, iterations: int = 20) -> torch.Tensor:
+        """``k`` unit keys of one task: spherical k-means of the (centred) queries of ``windows`` of its data.
 
-        At evaluation a state whose query is closer to one of these than to every module key gets no
-        modulation, so the pre-training tasks keep the frozen backbone's behaviour. Measured on a
-        finished CW10 run (seed 1, one key per task): 79% of pre-training states routed to no modulation
-        against 0–17% of each CW10 task's own states."""
-        from crl.envs.data import load_task, resolve_tasks
-
-        gen = torch.Generator().manual_seed(2024)
-        keys = []
-        for i, name in enumerate(resolve_tasks(self.cfg.pretrain_tasks)):
-            b = WindowSampler([load_task(name, self.data_dir)], self.dt_cfg.context, self.device, seed=777 + i).sample(windows)
-            q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
-            centres = q[torch.randperm(q.shape[0], generator=gen)[:per_task].to(q.device)]
-            for _ in range(iterations):
-                assign = (q @ centres.T).argmax(-1)
-                sums = torch.zeros_like(centres).index_add_(0, assign, q)
-                centres = torch.where(sums.norm(dim=-1, keepdim=True) > 0, F.normalize(sums, dim=-1), centres)
-            keys.append(centres)
-        return torch.cat(keys)
+        The queries come from the frozen embeddings, so these keys are fixed from the task's first step. Measured
+        on CW10 (seed 2, nine tasks trained): the nearest of 64 such keys per task names the right task for 0.96 of
+        push-wall's and 1.00 of faucet-close's states, where the three trained keys per task got 0.55 and 0.85."""
+        b = WindowSampler([dataset], self.dt_cfg.context, self.device, seed=seed).sample(windows)
+        q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
+        gen = torch.Generator().manual_seed(seed)
+        centres = q[torch.randperm(q.shape[0], generator=gen)[:k].to(q.device)]
+        for _ in range(iterations):
+            assign = (q @ centres.T).argmax(-1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, q)
+            centres = torch.where(sums.norm(dim=-1, keepdim=True) > 0, F.normalize(sums, dim=-1), centres)
+        return centres
 
     @torch.no_grad()
-    def _shadowed_null_keys(self, task_index: int, task_name: str, windows: int = 2048) -> torch.Tensor:
-        """The null keys that would take any of ``windows`` states of the task's data from the modules trained
-        so far: the task's states resemble those of a pre-training task there, and the task wins (on a finished
-        CW10 run, 4 of 160 keys kept took 24% of push-wall's states and push-wall fell from 1.0 to 0.0)."""
-        b = WindowSampler([self._dataset(task_name)], self.dt_cfg.context, self.device, seed=4242 + task_index).sample(windows)
-        q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
-        trained = self.keys[: (task_index + 1) * self.per_task] if self.per_task else self.keys
-        best = (q @ F.normalize(trained.float(), dim=-1).T).max(-1).values
-        return ((q @ self.null_keys.T) > best[:, None]).any(0)
+    def _key_task(self, task: Task) -> None:
+        """Set the task's retrieval keys, and drop every null key that would take any of the task's states from
+        them: such a state looks like a pre-training task's, and the sequence task wins (with the null keys kept,
+        24% of push-wall's states ran unmodulated and push-wall fell from 1.0 to 0.0)."""
+        keys = self._retrieval_keys(self._dataset(task.name), self.cfg.task_keys, 4242 + task.index)
+        self.task_keys[task.index] = keys
+        self.tasks_keyed = max(self.tasks_keyed, task.index + 1)
+        if self.null_keys.shape[0]:
+            b = WindowSampler([self._dataset(task.name)], self.dt_cfg.context, self.device, seed=99 + task.index).sample(4096)
+            q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
+            own = (q @ keys.T).max(-1).values
+            self.null_alive &= ~((q @ self.null_keys.T) > own[:, None]).any(0)
 
     def _pretrained(self, report=None) -> DecisionTransformer:
         model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log,
@@ -304,8 +315,10 @@ class L2M(ContextualAgent):
     # -- the Agent contract ----------------------------------------------------------------------
 
     def begin_task(self, task: Task) -> None:
-        self.task_index, self.task_open = task.index, True
+        self.task_index = task.index
         self._make_sampler(task.name, seed=self.cfg.seed * 1000 + task.index)
+        if self.two_level and task.index >= self.tasks_keyed:
+            self._key_task(task)
         if self.cfg.reset_optimizer_on_task:
             for state in self.optimizer.state.values():  # the step count stays (bias correction continues)
                 state["exp_avg"].zero_()
@@ -320,11 +333,8 @@ class L2M(ContextualAgent):
         self._sampler_task, self._sampler_state = task_name, None
 
     def end_task(self, task: Task) -> None:
-        self.task_open = False
         if self.method in ("ewc", "l2"):
             self._consolidate()
-        if self.null_keys.shape[0]:
-            self.null_alive &= ~self._shadowed_null_keys(task.index, task.name)
 
     def observe(self, batch: Transitions) -> None:
         raise RuntimeError("L2M learns from datasets; the loop never calls observe for it")
@@ -340,24 +350,28 @@ class L2M(ContextualAgent):
         """Top-1 module per row: (indices (B,), cosine similarity with the selected key (B,), with grad,
         rows to modulate (B,) bool or None for all).
 
-        l2m-oracle always, and l2m in training, choose among the modules reserved for the task; l2m at
-        evaluation among all keys, and a row nearer a pre-training key than any module key is not modulated.
+        l2m-oracle always, and l2m in training, choose among the modules reserved for the task. l2m at
+        evaluation: with ``two_level``, the nearest retrieval key names the task (a null key: no modulation) and
+        that task's module keys pick the module; otherwise one top-1 over all module keys (L2M).
         Why l2m reserves modules: with the soft count penalty alone the first four CW10 tasks claimed all 30
         modules (seed 1), so every later task trained modules of earlier ones and learnt little (push-back
         0.0, peg-unplug-side 0.0 right after their own training; issue 13)."""
         q = F.normalize(query.float(), dim=-1)
         sim = q @ F.normalize(self.keys.float(), dim=-1).T
-        score = sim
-        if self.per_task and (train or self.method == "l2m-oracle"):
+        score, active = sim, None
+        if not train and self.two_level and self.tasks_keyed:
+            retrieval = q @ self.task_keys[: self.tasks_keyed].flatten(0, 1).T
+            best, nearest = retrieval.max(-1)
+            task_index = nearest // self.task_keys.shape[1]
+            if bool(self.null_alive.any()):
+                active = best >= (q @ self.null_keys[self.null_alive].T).max(-1).values
+        if self.per_task and (train or self.method == "l2m-oracle" or (self.two_level and self.tasks_keyed)):
             owner = torch.arange(self.keys.shape[0], device=self.device) // self.per_task
             rows = torch.as_tensor(task_index, device=self.device).expand(sim.shape[0])
             score = sim.masked_fill(owner[None, :] != rows[:, None], -2.0)
         elif train and self.cfg.count_penalty and self.task_index > 0:
             score = (sim.detach() + 1) / 2 * self.inv_counts
-        best, idx = score.max(-1)
-        active = None
-        if not train and self.method == "l2m" and bool(self._null_eval.any()):
-            active = best >= (q @ self.null_keys[self._null_eval].T).max(-1).values
+        idx = score.argmax(-1)
         return idx, sim.gather(1, idx[:, None]).squeeze(1), active
 
     def _forward(self, states, actions, returns_to_go, timesteps, mask, task_index, train: bool):
@@ -434,9 +448,6 @@ class L2M(ContextualAgent):
     def prepare_evaluation(self, row_tasks: list[Task]) -> None:
         self._row_targets = torch.tensor([self._target_return(t.name) for t in row_tasks], device=self.device)
         self._ctx = None
-        self._null_eval = self.null_alive
-        if self.null_keys.shape[0] and self.task_open and self._sampler_task in self.datasets:  # the task in training
-            self._null_eval = self.null_alive & ~self._shadowed_null_keys(self.task_index, self._sampler_task)
 
     @torch.no_grad()
     def act(self, obs, task_index, *, explore, deterministic=False, first=None):
@@ -471,7 +482,6 @@ class L2M(ContextualAgent):
     def selected_module(self, states: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Task-agnostic top-1 module per row (evaluation-time retrieval), −1 where a pre-training key wins
         (no modulation), for inspection and tests."""
-        self._null_eval = self.null_alive
         with torch.no_grad():
             state_tokens = self.backbone.state_embeddings(states, timesteps)
             idx, _, active = self._select(self._query(state_tokens, mask), 0, train=False)
@@ -488,11 +498,12 @@ class L2M(ContextualAgent):
             "counts": self.counts.cpu(), "inv_counts": self.inv_counts.cpu(), "usage": self.usage.cpu(),
             "optimizer": self.optimizer.state_dict(),
             "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
-            "task_index": self.task_index, "gradient_steps": self.gradient_steps, "task_open": self.task_open,
+            "task_index": self.task_index, "gradient_steps": self.gradient_steps,
             "sampler": self._sampler_state if self.sampler is None else self.sampler.state_dict(),
             "sampler_task": self._sampler_task,
             "targets": dict(self.targets),
             "query_center": self.query_center.cpu(),
+            "task_keys": self.task_keys.cpu(), "tasks_keyed": self.tasks_keyed,
             "null_keys": self.null_keys.cpu(), "null_alive": self.null_alive.cpu(),
         }
 
@@ -513,12 +524,14 @@ class L2M(ContextualAgent):
         if self.regularizer is not None:
             self.regularizer.load_state_dict(state["regularizer"])
         self.task_index, self.gradient_steps = state["task_index"], state["gradient_steps"]
-        self.task_open = state.get("task_open", False)
         self.targets = dict(state["targets"])
         self.query_center = state["query_center"].to(self.device)
-        self.null_keys = state.get("null_keys", self.null_keys[:0].cpu()).to(self.device)  # absent before issue 13
+        # absent from checkpoints written before issue 13's two-level retrieval: those runs retrieve flat
+        self.task_keys = state.get("task_keys", self.task_keys[:, :0].cpu()).to(self.device)
+        self.tasks_keyed = state.get("tasks_keyed", 0)
+        self.two_level = self.two_level and self.task_keys.shape[1] > 0
+        self.null_keys = state.get("null_keys", self.null_keys[:0].cpu()).to(self.device)
         self.null_alive = state.get("null_alive", self.null_alive[:0].cpu()).to(self.device)
-        self._null_eval = self.null_alive
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]
 
 

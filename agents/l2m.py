@@ -162,11 +162,10 @@ class L2M(ContextualAgent):
         self.pool: LoRAPool | None = None
         self.keys: nn.Parameter | None = None
         self.prompts: PromptPool | None = None
-        for name in ("modules_per_task", "task_keys", "pretrain_keys"):
+        for name, lowest in (("modules_per_task", -1), ("task_keys", 0), ("pretrain_keys", 0)):
             value = getattr(config, name)
-            if not isinstance(value, int) or value < (-1 if name == "modules_per_task" else 0):
-                raise UsageError(f"agent.{name} must be an integer >= {-1 if name == 'modules_per_task' else 0}, "
-                                 f"got {value!r}")
+            if not isinstance(value, int) or value < lowest:
+                raise UsageError(f"agent.{name} must be an integer >= {lowest}, got {value!r}")
         # Modules per task in training: l2m-oracle's slices, or l2m's reservation (0: the count penalty decides).
         self.per_task = 0
         if self.method == "l2m-oracle" or (self.method == "l2m" and config.modules_per_task != 0):
@@ -205,6 +204,7 @@ class L2M(ContextualAgent):
         self.tasks_keyed = 0  # tasks whose retrieval keys are set
         self.null_keys = torch.zeros(0, self.dt_cfg.d_model, device=device)
         self.null_alive = torch.zeros(0, dtype=torch.bool, device=device)  # null keys no sequence task's states took
+        self._live_null_keys = self.null_keys  # null_keys[null_alive], kept beside it: read at every env step
         self.gradient_steps = 0
         self._ctx: RollingContext | None = None
         self._row_targets: torch.Tensor | None = None
@@ -239,28 +239,37 @@ class L2M(ContextualAgent):
             self._dataset(task.name)
         names = [t.name for t in tasks] + [t.name for t in self.retention_tasks()]
         self.targets.update(target_returns(list(dict.fromkeys(names)), self.data_dir, self.cfg.target_return_mult))
-        if self.cfg.center_queries:
-            self.query_center = self._mean_pretraining_query()
-        if self.two_level and self.cfg.pretrain_keys > 0:
+        with_null_keys = self.two_level and self.cfg.pretrain_keys > 0
+        if self.cfg.center_queries or with_null_keys:
             from crl.envs.data import load_task, resolve_tasks
 
-            self.null_keys = torch.cat([self._retrieval_keys(load_task(name, self.data_dir), self.cfg.pretrain_keys, 777 + i)
-                                        for i, name in enumerate(resolve_tasks(self.cfg.pretrain_tasks))])
-            self.null_alive = torch.ones(self.null_keys.shape[0], dtype=torch.bool, device=self.device)
+            pretraining = [load_task(name, self.data_dir) for name in resolve_tasks(self.cfg.pretrain_tasks)]
+        if self.cfg.center_queries:
+            self.query_center = self._mean_pretraining_query(pretraining)
+        if with_null_keys:
+            self.null_keys = torch.cat([self._retrieval_keys(dataset, self.cfg.pretrain_keys, 777 + i)
+                                        for i, dataset in enumerate(pretraining)])
+            self._set_null_alive(torch.ones(self.null_keys.shape[0], dtype=torch.bool, device=self.device))
 
     @torch.no_grad()
-    def _mean_pretraining_query(self, windows: int = 8192) -> torch.Tensor:
+    def _data_queries(self, datasets: list, windows: int, seed: int, centred: bool = True) -> torch.Tensor:
+        """Retrieval queries of ``windows`` context windows sampled from ``datasets``."""
+        b = WindowSampler(datasets, self.dt_cfg.context, self.device, seed=seed).sample(windows)
+        return self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"], centred=centred)
+
+    def _set_null_alive(self, alive: torch.Tensor) -> None:
+        self.null_alive = alive
+        self._live_null_keys = self.null_keys[alive]
+
+    @torch.no_grad()
+    def _mean_pretraining_query(self, datasets: list, windows: int = 8192) -> torch.Tensor:
         """The mean retrieval query over the pre-training data: a property of the frozen backbone.
 
         Every task's queries share one dominant direction (cosine 0.98 between the mean queries of CW10
         tasks on the quick backbone), so a key trained towards one task is nearly as close to every
         other task's queries, and training a new task's keys pulled earlier tasks' states to its
         modules (hammer: 1.0 → 0.0 after push-wall, issue 13). Matching centred queries removes it."""
-        from crl.envs.data import load_task, resolve_tasks
-
-        datasets = [load_task(t, self.data_dir) for t in resolve_tasks(self.cfg.pretrain_tasks)]
-        b = WindowSampler(datasets, self.dt_cfg.context, self.device, seed=12345).sample(windows)
-        return self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"], centred=False).mean(0)
+        return self._data_queries(datasets, windows, seed=12345, centred=False).mean(0)
 
     @torch.no_grad()
     def _retrieval_keys(self, dataset, k: int, seed: int, windows: int = 4096, iterations: int = 20) -> torch.Tensor:
@@ -269,8 +278,7 @@ class L2M(ContextualAgent):
         The queries come from the frozen embeddings, so these keys are fixed from the task's first step. Measured
         on CW10 (seed 2, nine tasks trained): the nearest of 64 such keys per task names the right task for 0.96 of
         push-wall's and 1.00 of faucet-close's states, where the three trained keys per task got 0.55 and 0.85."""
-        b = WindowSampler([dataset], self.dt_cfg.context, self.device, seed=seed).sample(windows)
-        q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
+        q = F.normalize(self._data_queries([dataset], windows, seed).float(), dim=-1)
         gen = torch.Generator().manual_seed(seed)
         centres = q[torch.randperm(q.shape[0], generator=gen)[:k].to(q.device)]
         for _ in range(iterations):
@@ -288,10 +296,9 @@ class L2M(ContextualAgent):
         self.task_keys[task.index] = keys
         self.tasks_keyed = max(self.tasks_keyed, task.index + 1)
         if self.null_keys.shape[0]:
-            b = WindowSampler([self._dataset(task.name)], self.dt_cfg.context, self.device, seed=99 + task.index).sample(4096)
-            q = F.normalize(self._query(self.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"]).float(), dim=-1)
+            q = F.normalize(self._data_queries([self._dataset(task.name)], 4096, 99 + task.index).float(), dim=-1)
             own = (q @ keys.T).max(-1).values
-            self.null_alive &= ~((q @ self.null_keys.T) > own[:, None]).any(0)
+            self._set_null_alive(self.null_alive & ~((q @ self.null_keys.T) > own[:, None]).any(0))
 
     def _pretrained(self, report=None) -> DecisionTransformer:
         model, self.backbone_meta = load_or_pretrain(self.pretrain_cfg, self.data_dir, self.device, log=_log,
@@ -361,13 +368,13 @@ class L2M(ContextualAgent):
         q = F.normalize(query.float(), dim=-1)
         sim = q @ F.normalize(self.keys.float(), dim=-1).T
         score, active = sim, None
-        if not train and self.two_level and self.tasks_keyed:
-            retrieval = q @ self.task_keys[: self.tasks_keyed].flatten(0, 1).T
-            best, nearest = retrieval.max(-1)
+        retrieves_task = not train and self.two_level and self.tasks_keyed > 0
+        if retrieves_task:
+            best, nearest = (q @ self.task_keys[: self.tasks_keyed].flatten(0, 1).T).max(-1)
             task_index = nearest // self.task_keys.shape[1]
-            if bool(self.null_alive.any()):
-                active = best >= (q @ self.null_keys[self.null_alive].T).max(-1).values
-        if self.per_task and (train or self.method == "l2m-oracle" or (self.two_level and self.tasks_keyed)):
+            if self._live_null_keys.shape[0]:
+                active = best >= (q @ self._live_null_keys.T).max(-1).values
+        if self.per_task and (train or self.method == "l2m-oracle" or retrieves_task):
             owner = torch.arange(self.keys.shape[0], device=self.device) // self.per_task
             rows = torch.as_tensor(task_index, device=self.device).expand(sim.shape[0])
             score = sim.masked_fill(owner[None, :] != rows[:, None], -2.0)
@@ -533,7 +540,7 @@ class L2M(ContextualAgent):
         self.tasks_keyed = state.get("tasks_keyed", 0)
         self.two_level = self.two_level and self.task_keys.shape[1] > 0
         self.null_keys = state.get("null_keys", self.null_keys[:0].cpu()).to(self.device)
-        self.null_alive = state.get("null_alive", self.null_alive[:0].cpu()).to(self.device)
+        self._set_null_alive(state.get("null_alive", self.null_alive[:0].cpu()).to(self.device))
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]
 
 

@@ -257,23 +257,19 @@ def _group_name(g: Group, groups: list[Group]) -> str:
 SAFETY_TITLE = "Safety (last evaluation; train_cats = catastrophes during training, cumulative)"
 
 
-def _safety_group_rows(groups: list[Group], safety: dict[str, dict[str, Any]]) -> list[tuple[str, int, list[str]]]:
-    """(group name, seeds, mean [90% CI] per safety column) for the groups with safety results."""
-    rows = []
-    for g in groups:
-        stats = _safety_stats(g, safety)
-        if stats:
-            rows.append((_group_name(g, groups), len(g.runs), [_ci(stats.get(f"safety_{c}")) for c in SAFETY_COLUMNS]))
-    return rows
+def _safety_group_rows(groups: list[Group], stats: list[dict[str, list[float]]]) -> list[tuple[str, int, list[str]]]:
+    """(group name, seeds, mean [90% CI] per safety column) for the groups with safety results; ``stats`` is
+    ``_safety_stats`` of each group."""
+    return [(_group_name(g, groups), len(g.runs), [_ci(st.get(f"safety_{c}")) for c in SAFETY_COLUMNS])
+            for g, st in zip(groups, stats) if st]
 
 
-def markdown(groups: list[Group], notes: list[str], safety: dict[str, dict[str, Any]] | None = None) -> str:
+def markdown(groups: list[Group], notes: list[str], safety_rows: list[tuple[str, int, list[str]]] = ()) -> str:
     cols = [c for c in COLUMNS if any(g.stats.get(c) for g in groups)]
     lines = ["| sequence · agent | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for g in groups:
         lines.append(f"| {_group_name(g, groups)} | {len(g.runs)} | " + " | ".join(_ci(g.stats.get(c)) for c in cols)
                      + " |")
-    safety_rows = _safety_group_rows(groups, safety or {})
     if safety_rows:
         lines += ["", f"{SAFETY_TITLE}:", "", "| sequence · agent | seeds | " + " | ".join(SAFETY_COLUMNS) + " |",
                   "|---|---|" + "---|" * len(SAFETY_COLUMNS)]
@@ -435,7 +431,7 @@ def _plasticity(g: Group) -> str | None:
 
 
 def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list[tuple[str, str]],
-              safety: dict[str, dict[str, Any]] | None = None) -> str:
+              safety_rows: list[tuple[str, int, list[str]]] = ()) -> str:
     esc = html.escape
     cols = sorted({k for g in groups for k, v in g.stats.items() if v})
     main_cols = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
@@ -454,7 +450,6 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
         parts.append(f"<tr><td>{esc(_group_name(g, groups))}</td><td>{len(g.runs)}</td>"
                      + "".join(f"<td>{esc(_ci(g.stats.get(c)))}</td>" for c in main_cols) + "</tr>")
     parts.append("</table>")
-    safety_rows = _safety_group_rows(groups, safety or {})
     if safety_rows:
         parts.append(f"<h2>{esc(SAFETY_TITLE)}</h2><p>Mean [90% bootstrap CI] over seeds.</p><table id='safety'><tr>"
                      "<th>sequence · agent</th><th>seeds</th>" + "".join(f"<th>{esc(c)}</th>" for c in SAFETY_COLUMNS)
@@ -506,17 +501,19 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
     safety = {str(r.path): _safety_values(r.summary["safety"]) for r in runs if r.summary.get("safety")}
     for row in table:
         row.update({f"safety_{k}": v for k, v in safety.get(row["run"], {}).items()})
+    safety_stats = [_safety_stats(g, safety) for g in groups]  # bootstrap CIs: computed once, used four ways
+    safety_rows = _safety_group_rows(groups, safety_stats)
     aggregates = [{"sequence": g.sequence, "agent": g.agent, "seeds": len(g.runs), "protocol": g.runs[0].protocol,
-                   "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats,
-                   **_safety_stats(g, safety)} for g in groups]
+                   "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats, **stats}
+                  for g, stats in zip(groups, safety_stats)]
     written = []
     if html and groups:
         out = Path(out) if out is not None else _default_out(paths, run_dirs)
         out.mkdir(parents=True, exist_ok=True)
         from crl.fileio import atomic_write_text
 
-        atomic_write_text(out / MD_FILE, markdown(groups, notes, safety))
-        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), safety))
+        atomic_write_text(out / MD_FILE, markdown(groups, notes, safety_rows))
+        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), safety_rows))
         written = [out / HTML_FILE, out / MD_FILE]
     if as_json:
         print(json.dumps({"runs": table, "aggregates": aggregates, "notes": notes}, indent=2))
@@ -538,8 +535,7 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
               + " ".join(f"{c[:12]:>12}" for c in SAFETY_COLUMNS))
         for path, values in safety.items():
             print(f"{Path(path).name[:44]:<44} " + " ".join(f"{_fmt(values[c]):>12}" for c in SAFETY_COLUMNS))
-        for g in groups:
-            stats = _safety_stats(g, safety)
+        for g, stats in zip(groups, safety_stats):
             if len(g.runs) > 1 and stats:
                 print(f"{g.label}: mean [90% CI] over {len(g.runs)} seeds: "
                       + "; ".join(f"{k.removeprefix('safety_')} {_ci(v)}" for k, v in stats.items()))

@@ -135,6 +135,8 @@ L2M_TRAIN = ["train", "--seq", "cw2", "--agent", "l2m", "--preset", "smoke", "--
     ([*L2M_TRAIN, "--set", "agent.task_episodes=-2"], ["agent.task_episodes must be a positive integer"]),
     ([*L2M_TRAIN, "--set", "agent.pretrain_updates=-5"], ["updates must be a positive integer, got -5"]),
     ([*L2M_TRAIN, "--set", "agent.action_target=noisy"], ["unknown action target 'noisy'", "expert"]),
+    ([*L2M_TRAIN, "--set", "agent.null_key_tolerance=1.5"], ["agent.null_key_tolerance must be a number in [0, 1)"]),
+    ([*L2M_TRAIN, "--set", "agent.evidence_decay=-0.1"], ["agent.evidence_decay must be a number in [0, 1]"]),
 ])
 def test_l2m_bad_input_is_one_line_and_exit_2(capsys, argv, fragments):
     assert_usage_error(capsys, argv, *fragments)

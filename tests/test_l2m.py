@@ -97,6 +97,85 @@ def test_pretraining_states_run_the_backbone_unmodulated(l2m_run, data_dir):
             assert not torch.allclose(modulated[~routed], plain[~routed], atol=1e-5)
 
 
+def test_null_key_tolerance_drops_only_keys_that_take_more_of_a_tasks_states(l2m_run, data_dir):
+    """At a sequence task's start a pre-training key is dropped iff it takes more than ``null_key_tolerance`` of
+    the task's data windows from the task's own keys. Four keys placed on hammer's own states: tolerance 0 drops
+    them all (and then no hammer state runs unmodulated), a tolerance near 1 keeps them all, one in between keeps
+    a superset of what tolerance 0 keeps."""
+    cfg, run_dir, _ = l2m_run
+    sequence = make_sequence("cw2")
+    agent = make_agent(cfg, sequence, torch.device("cpu"))
+    agent.load_state_dict(checkpoint.load(run_dir)["agent"])
+    from crl.dt import WindowSampler
+    from crl.envs.data import load_task
+
+    hammer = WindowSampler([load_task("hammer-v3", data_dir)], agent.dt_cfg.context, torch.device("cpu"),
+                           seed=11).sample(512)
+    with torch.no_grad():
+        queries = agent._query(agent.backbone.state_embeddings(hammer["obs"], hammer["timestep"]), hammer["mask"])
+    queries = torch.nn.functional.normalize(queries.float(), dim=-1)
+    agent._key_task(sequence.tasks[0])  # hammer's own keys; plant on states that are not one of them
+    far = (queries @ agent.task_keys[0].T).max(-1).values.argsort()[:4]  # the states farthest from them
+    planted = queries[far]
+    agent.null_keys[-4:] = planted  # four of the last pre-training task's keys
+
+    def prune(tolerance: float) -> torch.Tensor:
+        agent.cfg.null_key_tolerance = tolerance
+        agent._set_null_alive(torch.ones(agent.null_keys.shape[0], dtype=torch.bool))
+        for task in sequence.tasks:
+            agent._key_task(task)
+        return agent.null_alive.clone()
+
+    strict, tolerant, lenient = prune(0.0), prune(0.05), prune(0.999)
+    assert not strict[-4:].any() and lenient[-4:].all()
+    assert bool((tolerant | ~strict).all()), "a tolerance keeps every key the strict rule keeps"
+    prune(0.0)
+    unmodulated = agent.selected_module(hammer["obs"], hammer["timestep"], hammer["mask"]) < 0
+    assert unmodulated.float().mean() < 0.02
+    prune(0.999)
+    assert (agent.selected_module(hammer["obs"][far], hammer["timestep"][far], hammer["mask"][far]) < 0).all()
+
+
+def test_evidence_decay_names_the_task_from_the_whole_episode(l2m_run, data_dir):
+    """With ``evidence_decay`` 1 the task is named by the similarities summed over the episode: after ten hammer
+    states a push-wall state still runs hammer's modules, where the current step alone names push-wall; a row's
+    new episode starts its sum afresh."""
+    cfg, run_dir, _ = l2m_run
+    sequence = make_sequence("cw2")
+    agent = make_agent(cfg, sequence, torch.device("cpu"))
+    agent.load_state_dict(checkpoint.load(run_dir)["agent"])
+    from crl.dt import WindowSampler
+    from crl.envs.data import load_task
+
+    def windows(name: str) -> dict:
+        return WindowSampler([load_task(name, data_dir)], agent.dt_cfg.context, torch.device("cpu"), seed=7).sample(64)
+
+    def queries(b: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return agent._query(agent.backbone.state_embeddings(b["obs"], b["timestep"]), b["mask"])
+
+    owner = torch.arange(agent.keys.shape[0]) // agent.per_task
+    hammer, push_wall = queries(windows("hammer-v3")), queries(windows("push-wall-v3"))
+    alone = owner[agent._select(push_wall, 0, train=False)[0]]
+    k = int((alone == 1).nonzero()[0])  # a push-wall state whose own step names push-wall
+    agent.cfg.evidence_decay = 1.0
+    groups = agent.tasks_keyed + agent.null_keys.shape[0] // agent.cfg.pretrain_keys
+    evidence = torch.zeros(1, groups)
+    for i in range(10):
+        agent._select(hammer[i:i + 1], 0, train=False, evidence=evidence)
+    idx, _, active = agent._select(push_wall[k:k + 1], 0, train=False, evidence=evidence)
+    assert int(owner[idx]) == 0 and (active is None or bool(active.all()))
+
+    agent.prepare_evaluation([sequence.tasks[0], sequence.tasks[1]])
+    obs = torch.tensor(load_task("hammer-v3", data_dir).obs[:2])
+    agent.act(obs, torch.tensor([0, 1]), explore=False)
+    first_step = agent._evidence.clone()
+    agent.act(obs, torch.tensor([0, 1]), explore=False, first=torch.tensor([False, False]))
+    agent.act(obs, torch.tensor([0, 1]), explore=False, first=torch.tensor([True, False]))
+    assert torch.allclose(agent._evidence[0], first_step[0])  # row 0 began again: one step of evidence
+    assert first_step[1].max() > 0.5 and agent._evidence[1].max() > 2.5 * first_step[1].max()  # row 1: three steps
+
+
 def test_checkpoint_restores_pool_and_usage_counts(l2m_run):
     cfg, run_dir, _ = l2m_run
     saved = checkpoint.load(run_dir)["agent"]

@@ -46,6 +46,8 @@ from crl.hypernet import (ACTIVATIONS, HyperNetwork, adam_lookahead, output_regu
 from crl.planning import CEMConfig, check_config, plan
 from crl.registry import register_agent, register_variant
 
+PLAN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 HOLDOUT_BLOCK = 50  # vector steps per block; every holdout_every-th block is held out
 
 
@@ -82,6 +84,8 @@ class HyperCRLConfig:
     iterations: int = 5  # CEM iterations
     init_std: float = 0.5  # CEM initial std, fraction of the action half-range
     full_cov: bool = True  # CEM full covariance (HyperCRL) or diagonal
+    plan_dtype: str = "float32"  # the planner's model matmuls: float32 | bfloat16 (states and returns stay fp32;
+    #                              bf16 runs on a CPU's AMX/AVX512-BF16 units or a GPU's tensor cores)
     holdout_every: int = 10  # every n-th block of 50 vector steps is held out for the retention errors
     holdout_max: int = 2_000  # held-out transitions kept per task
     error_horizon: int = 10  # steps of the multi-step prediction error
@@ -156,14 +160,14 @@ class HyperCRL(Agent):
         self.domain = ""
         self.reward_fn = None
         self.low, self.high = -1.0, 1.0
-        self._cache: dict[int, list[torch.Tensor]] = {}
+        self._cache: dict[tuple[int, torch.dtype], list[torch.Tensor]] = {}
         self._reset_task_state()
 
     @staticmethod
     def _check(cfg: HyperCRLConfig) -> None:
         allowed = {"model": ("hnet", "mlp"), "heads": ("single", "multi", "separate"),
                    "replay": ("none", "coreset", "all"), "activation": tuple(ACTIVATIONS),
-                   "hnet_activation": tuple(ACTIVATIONS)}
+                   "hnet_activation": tuple(ACTIVATIONS), "plan_dtype": tuple(PLAN_DTYPES)}
         for name, values in allowed.items():
             if getattr(cfg, name) not in values:
                 raise UsageError(f"agent.{name} must be one of {', '.join(values)}, got {getattr(cfg, name)!r}")
@@ -389,29 +393,31 @@ class HyperCRL(Agent):
 
     # -- acting ---------------------------------------------------------------------------------------------
 
-    def _cached(self, task: int) -> list[torch.Tensor]:
-        if task not in self._cache:
+    def _cached(self, task: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+        if (task, dtype) not in self._cache:
             with torch.no_grad():
-                self._cache[task] = [w.detach() for w in self._weights(task)]
-        return self._cache[task]
+                self._cache[task, dtype] = [w.detach().to(dtype) for w in self._weights(task)]
+        return self._cache[task, dtype]
 
     def dynamics(self, task: int | torch.Tensor):
         """The planner's model for ``task`` (one index, or one per environment row): next states of (n, S, ·)."""
+        dtype = PLAN_DTYPES[self.cfg.plan_dtype]
         if isinstance(task, int):
-            weights, batched = self._cached(task), False
+            weights, batched = self._cached(task, dtype), False
             stats = [s[task] for s in (self.in_mean, self.in_std, self.out_mean, self.out_std)]
         else:
             unique, inverse = task.unique(return_inverse=True)
-            per_task = [self._cached(t) for t in unique.tolist()]
+            per_task = [self._cached(t, dtype) for t in unique.tolist()]
             weights = [torch.stack([w[i] for w in per_task])[inverse] for i in range(len(per_task[0]))]
             batched = True
             stats = [s[task].unsqueeze(1) for s in (self.in_mean, self.in_std, self.out_mean, self.out_std)]
         in_mean, in_std, out_mean, out_std = stats
 
         def step(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-            x = (torch.cat([states, actions], -1) - in_mean) / in_std
-            mean, _ = self._predict(x, weights, batched)
-            return states + mean * out_std + out_mean
+            x = ((torch.cat([states, actions], -1) - in_mean) / in_std).to(dtype)
+            out = target_forward(x, weights[: self.n_linear], self.cfg.activation, batched)
+            mean = out[..., : self.obs_dim] if self.cfg.probabilistic else out  # states move by the mean
+            return states + mean.float() * out_std + out_mean
 
         return step
 

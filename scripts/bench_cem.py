@@ -2,11 +2,17 @@
 candidates × horizon 30 × 5 iterations through a 4×200 probabilistic MLP (18-d state, 6-d action), the
 known reward in torch, full covariance. Printed beside, measured in the same run:
 
-- the machine's matmul peak (a plain large fp32 matmul, best of several), and the fraction of it the
-  planner's model arithmetic reaches (2·MACs of every candidate's forward pass per second);
-- mbrl-lib's ``CEMOptimizer`` (``pip install mbrl``, the ``bench`` extra) at identical settings (same
-  model, same rollout, elite ratio 0.1, α = 0: no momentum, as HyperCRL), one environment per call
-  as mbrl plans; with n environments it is called n times.
+- the machine's matmul peak in each precision (a plain large matmul, best of several), and the fraction of it
+  the planner's model arithmetic reaches (2·MACs of every candidate's forward pass per second);
+- mbrl-lib (``pip install mbrl``, the ``bench`` extra) at identical settings, two ways:
+  - its whole planning stack: its own model (``GaussianMLP``, 4×200, one ensemble member, in
+    ``OneDTransitionRewardModel`` with delta targets) rolled out by ``ModelEnv.evaluate_action_sequences``
+    (one particle), optimised by ``CEMOptimizer`` (elite ratio 0.1, α = 0: no momentum, as HyperCRL), fp32,
+    one environment per call as mbrl plans;
+  - ``CEMOptimizer`` alone, handed crl's fp32 model and rollout: the optimiser against the optimiser.
+- crl's planner with its model in each ``--dtypes`` precision (``agent.plan_dtype`` of HyperCRL): bf16
+  matmuls, states and returns in fp32. "top-50 agreement" is the share of the fp32 model's 50 best of 500
+  candidate sequences that the bf16 model also ranks in its 50 best (same candidates, same start state).
 
     python scripts/bench_cem.py                 # CPU, all threads
     python scripts/bench_cem.py --device cuda   # the same on a GPU
@@ -30,18 +36,56 @@ from crl.planning import CEMConfig, plan, rollout_returns
 OBS, ACT, HIDDEN = 18, 6, (200, 200, 200, 200)
 
 
-def model(device: torch.device):
+def model(device: torch.device, dtype: torch.dtype = torch.float32):
+    """crl's planning model as HyperCRL's agent runs it: weights in ``dtype``, inputs cast to it, the predicted
+    deltas back in fp32. Returns (dynamics, MACs per candidate step)."""
     torch.manual_seed(0)
     weights = []
     for shape in target_shapes(OBS + ACT, HIDDEN, 2 * OBS):
-        weights.append((torch.randn(shape) / (shape[-1] ** 0.5 if len(shape) == 2 else 10)).to(device))
+        weights.append((torch.randn(shape) / (shape[-1] ** 0.5 if len(shape) == 2 else 10)).to(device, dtype))
 
     def dynamics(states, actions):
-        out = target_forward(torch.cat([states, actions], -1), weights)
-        return states + 0.01 * out[..., :OBS]  # the mean half of a probabilistic output
+        out = target_forward(torch.cat([states, actions], -1).to(dtype), weights)
+        return states + 0.01 * out[..., :OBS].float()  # the mean half of a probabilistic output
 
     macs = sum(s[0] * s[1] for s in target_shapes(OBS + ACT, HIDDEN, 2 * OBS) if len(s) == 2)
     return dynamics, macs
+
+
+def mbrl_stack(device: torch.device, cfg: CEMConfig):
+    """mbrl-lib's own planner at the same settings: plan(start_state (obs,) numpy) -> first action."""
+    import gymnasium as gym
+    from mbrl.models import GaussianMLP, ModelEnv, OneDTransitionRewardModel
+    from mbrl.env import termination_fns
+    from mbrl.planning.trajectory_opt import CEMOptimizer
+
+    import crl.envs  # noqa: F401  (registers crl/HalfCheetah*: its spaces are the 18-d state, 6-d action)
+
+    torch.manual_seed(0)
+    net = GaussianMLP(OBS + ACT, OBS, device, num_layers=len(HIDDEN), hid_size=HIDDEN[0], ensemble_size=1)
+    dynamics_model = OneDTransitionRewardModel(net, target_is_delta=True, learned_rewards=False)
+    env = gym.make("crl/HalfCheetahBigTorso-v0")
+    model_env = ModelEnv(env, dynamics_model, termination_fns.no_termination,
+                         reward_fn=lambda action, next_obs: cheetah_reward(None, action, next_obs).unsqueeze(-1),
+                         generator=torch.Generator(device=device).manual_seed(0))
+    env.close()
+    optimizer = CEMOptimizer(num_iterations=cfg.iterations, elite_ratio=cfg.elites / cfg.samples,
+                             population_size=cfg.samples, lower_bound=[[-1.0] * ACT] * cfg.horizon,
+                             upper_bound=[[1.0] * ACT] * cfg.horizon, alpha=0.0, device=device)
+
+    def plan_one(start):
+        return optimizer.optimize(lambda pop: model_env.evaluate_action_sequences(pop, start, num_particles=1),
+                                  x0=torch.zeros(cfg.horizon, ACT, device=device))[0]
+
+    return plan_one
+
+
+def top_agreement(device: torch.device, dtype: torch.dtype, cfg: CEMConfig, k: int = 50) -> float:
+    obs = torch.randn(1, OBS, device=device)
+    actions = torch.rand(1, cfg.samples, cfg.horizon, ACT, device=device) * 2 - 1
+    best = [set(rollout_returns(obs, actions, model(device, d)[0], cheetah_reward)[0].topk(k).indices.tolist())
+            for d in (torch.float32, dtype)]
+    return len(best[0] & best[1]) / k
 
 
 def sync(device: torch.device) -> None:
@@ -65,8 +109,8 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
-def matmul_peak(device: torch.device, size: int) -> float:
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_peak(device: torch.device, size: int, dtype: torch.dtype) -> float:
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     seconds = timed(lambda: a @ b, device, 10)
     return 2 * size ** 3 / seconds
 
@@ -76,46 +120,71 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--envs", default="1,8", help="environments planned per call, comma-separated")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="crl planner model precisions")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    chosen = [d.strip() for d in args.dtypes.split(",")]
+    if any(d not in dtypes for d in chosen):
+        raise SystemExit(f"--dtypes: unknown precision in {args.dtypes!r}; allowed: {', '.join(dtypes)}")
     cfg = CEMConfig(horizon=30, samples=500, elites=50, iterations=5)
-    dynamics, macs = model(device)
+    _, macs = model(device)
     flop_per_action = 2 * macs * cfg.samples * cfg.horizon * cfg.iterations
-    peak = matmul_peak(device, 4096 if device.type == "cuda" else 2048)
+    size = 4096 if device.type == "cuda" else 2048
+    peaks = {d: matmul_peak(device, size, dtypes[d]) for d in dict.fromkeys(["float32", *chosen])}
     unit = "wall s" if device.type == "cuda" else "CPU s"
     print(f"device {device} ({args.threads} threads), torch {torch.__version__}; rates per {unit}")
     print(f"settings: {cfg.samples} candidates × horizon {cfg.horizon} × {cfg.iterations} iterations, target MLP "
           f"{OBS + ACT}→{'→'.join(map(str, HIDDEN))}→{2 * OBS}: {flop_per_action / 1e9:.1f} GFLOP of model per action")
-    print(f"matmul peak (plain fp32 matmul, same run): {peak / 1e9:.1f} GFLOP/s")
+    print("matmul peak (plain matmul, same run): "
+          + ", ".join(f"{d} {peak / 1e9:.1f} GFLOP/s" for d, peak in peaks.items()))
+    for d in chosen:
+        if d != "float32":
+            print(f"{d} model: top-50 agreement with fp32 over 500 candidates {top_agreement(device, dtypes[d], cfg):.2f}")
     try:
         from mbrl.planning.trajectory_opt import CEMOptimizer
+        mbrl_plan_one = mbrl_stack(device, cfg)
     except ImportError as e:
         CEMOptimizer = None
         print(f"mbrl-lib: not installed ({e}); pip install mbrl (the bench extra)")
+    fp32_dynamics, _ = model(device)
     for n in [int(v) for v in args.envs.split(",")]:
         obs = torch.randn(n, OBS, device=device)
-        seconds = timed(lambda: plan(obs, dynamics, cheetah_reward, cfg, -1.0, 1.0, ACT), device, args.repeats)
-        rate = n / seconds
-        achieved = rate * flop_per_action
-        line = (f"n={n:<3} crl CEM: {rate:8.2f} actions/s, {achieved / 1e9:7.1f} GFLOP/s = "
-                f"{100 * achieved / peak:5.1f}% of matmul peak")
+        print(f"n={n}:")
+        reference = None
         if CEMOptimizer is not None:
+            starts = obs.cpu().numpy()
+
+            def mbrl_plan():
+                for k in range(n):  # mbrl-lib plans one environment per call
+                    mbrl_plan_one(starts[k])
+
             optimizer = CEMOptimizer(num_iterations=cfg.iterations, elite_ratio=cfg.elites / cfg.samples,
                                      population_size=cfg.samples, lower_bound=[[-1.0] * ACT] * cfg.horizon,
                                      upper_bound=[[1.0] * ACT] * cfg.horizon, alpha=0.0, device=device)
 
-            def mbrl_plan():
-                for k in range(n):  # mbrl-lib plans one environment per call
+            def mbrl_optimizer_on_crl_model():
+                for k in range(n):
                     start = obs[k:k + 1]
-                    optimizer.optimize(lambda pop: rollout_returns(start, pop.unsqueeze(0), dynamics,
+                    optimizer.optimize(lambda pop: rollout_returns(start, pop.unsqueeze(0), fp32_dynamics,
                                                                    cheetah_reward)[0],
                                        x0=torch.zeros(cfg.horizon, ACT, device=device))
 
-            mbrl_rate = n / timed(mbrl_plan, device, max(1, args.repeats - 1))
-            line += f"; mbrl-lib CEMOptimizer: {mbrl_rate:8.2f} actions/s; crl / mbrl-lib = {rate / mbrl_rate:5.2f}×"
-        print(line, flush=True)
+            reference = n / timed(mbrl_plan, device, max(1, args.repeats - 1))
+            optimizer_only = n / timed(mbrl_optimizer_on_crl_model, device, max(1, args.repeats - 1))
+            print(f"  mbrl-lib, its whole stack (fp32):         {reference:8.2f} actions/s")
+            print(f"  mbrl-lib CEMOptimizer on crl's fp32 model: {optimizer_only:8.2f} actions/s")
+        for d in chosen:
+            dynamics, _ = model(device, dtypes[d])
+            rate = n / timed(lambda: plan(obs, dynamics, cheetah_reward, cfg, -1.0, 1.0, ACT), device, args.repeats)
+            achieved = rate * flop_per_action
+            line = (f"  crl CEM, {d:8s} model:              {rate:8.2f} actions/s, {achieved / 1e9:7.1f} GFLOP/s = "
+                    f"{100 * achieved / peaks[d]:5.1f}% of the {d} matmul peak")
+            if reference is not None:
+                line += f"; crl / mbrl-lib stack = {rate / reference:5.2f}×, crl / mbrl optimizer = {rate / optimizer_only:5.2f}×"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

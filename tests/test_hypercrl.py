@@ -212,6 +212,45 @@ def test_agent_plans_per_row_task_with_the_weights_of_each_row():
                               agent.dynamics(1)(obs.unsqueeze(1), torch.zeros(4, 1, 1)))
 
 
+def test_bf16_planning_model_predicts_and_ranks_like_fp32():
+    """``plan_dtype=bfloat16`` runs the planner's model matmuls in bf16: its next states are the fp32 model's to
+    bf16 precision, and the candidates it ranks best over a horizon are the fp32 model's best."""
+    from crl.envs.dynamics import reward_for_domain
+    from crl.planning import rollout_returns
+
+    agent, seq = _agent()
+    agent.begin_task(seq.tasks[0])
+    torch.manual_seed(0)
+    obs, actions = torch.randn(2, 5), torch.rand(2, 200, 15, 1) * 2 - 1
+    fp32 = agent.dynamics(0)(obs.unsqueeze(1).expand(2, 200, 5), actions[:, :, 0])
+    agent.cfg.plan_dtype = "bfloat16"
+    bf16 = agent.dynamics(0)(obs.unsqueeze(1).expand(2, 200, 5), actions[:, :, 0])
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    torch.testing.assert_close(bf16, fp32, atol=0.03 * float(fp32.abs().max()), rtol=0.0)
+    reward = reward_for_domain(agent.domain)
+    returns = {}
+    for dtype in ("float32", "bfloat16"):
+        agent.cfg.plan_dtype = dtype
+        returns[dtype] = rollout_returns(obs, actions, agent.dynamics(0), reward)
+    for row in range(2):
+        best = [set(returns[d][row].topk(20).indices.tolist()) for d in returns]
+        assert len(best[0] & best[1]) >= 16
+
+
+def test_fused_bf16_planning_forward_equals_the_layer_by_layer_one():
+    from crl.hypernet import _fuses_linear_relu, target_forward, target_shapes
+
+    torch.manual_seed(0)
+    weights = [torch.randn(s).bfloat16() for s in target_shapes(7, (32, 32), 10)]
+    x = torch.randn(3, 50, 7).bfloat16()
+    with torch.no_grad():
+        planned = target_forward(x, weights)
+        if not _fuses_linear_relu(x, "relu", batched=False):
+            pytest.skip("no oneDNN fused linear on this build")
+    trained = target_forward(x, weights)  # with autograd: linear, then ReLU, layer by layer
+    assert planned.shape == (3, 50, 10) and torch.equal(planned, trained)
+
+
 def test_agent_refuses_tasks_without_a_torch_reward():
     from crl.core import UsageError
 

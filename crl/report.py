@@ -222,18 +222,47 @@ def aggregate(runs: list[Run]) -> tuple[list[Group], list[str]]:
 # ------------------------------------------------------------------------------------- output
 
 
-def _safety_values(safety: dict[str, Any]) -> dict[str, Any]:
+def _safety_values(summary: dict[str, Any]) -> dict[str, Any]:
+    safety = summary.get("safety")
+    if not safety:
+        return {}
     return {c: (safety.get(part, {}) if part else safety).get(key) for c, (part, key) in SAFETY_COLUMNS.items()}
 
 
-def _safety_stats(g: Group, safety: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
-    """Mean [90% CI] over a group's seeds of each safety column (safety gridworlds' runs only)."""
-    out = {}
-    for c in SAFETY_COLUMNS:
-        values = [v for r in g.runs if isinstance(v := safety.get(str(r.path), {}).get(c), (int, float))]
-        if values:
-            out[f"safety_{c}"] = list(metrics.bootstrap_ci(values))
-    return out
+def _error_values(summary: dict[str, Any]) -> dict[str, Any]:
+    """An agent's own retention errors (results.json "error_metrics", e.g. HyperCRL's dynamics errors): one
+    column per error matrix and metric, e.g. ``nmse_1step:first_task_ratio``."""
+    return {f"{name.removeprefix('model_')}:{metric}": v
+            for name, values in summary.get("error_metrics", {}).items() for metric, v in values.items()}
+
+
+@dataclass
+class GroupTable:
+    """A table of per-run values beyond the continual metrics, with each group's mean [90% CI] over its seeds:
+    ``key`` prefixes its columns in the JSON output."""
+    key: str
+    title: str
+    values: dict[str, dict[str, Any]]  # run dir -> column -> value
+    columns: list[str] = field(default_factory=list)
+    stats: list[dict[str, list[float]]] = field(default_factory=list)  # per group: column -> [mean, low, high]
+
+    @classmethod
+    def build(cls, key: str, title: str, runs: list[Run], groups: list[Group], extract) -> GroupTable:
+        values = {str(r.path): v for r in runs if (v := extract(r.summary))}
+        table = cls(key, title, values, list(dict.fromkeys(c for v in values.values() for c in v)))
+        for g in groups:  # bootstrap CIs: computed once, used by the terminal, JSON, Markdown and HTML
+            out = {}
+            for c in table.columns:
+                numbers = [v for r in g.runs if isinstance(v := values.get(str(r.path), {}).get(c), (int, float))]
+                if numbers:
+                    out[c] = list(metrics.bootstrap_ci(numbers))
+            table.stats.append(out)
+        return table
+
+    def group_rows(self, groups: list[Group]) -> list[tuple[str, int, list[str]]]:
+        """(group name, seeds, mean [90% CI] per column) for the groups with values."""
+        return [(_group_name(g, groups), len(g.runs), [_ci(st.get(c)) for c in self.columns])
+                for g, st in zip(groups, self.stats) if st]
 
 
 def _fmt(v: Any) -> str:
@@ -255,25 +284,22 @@ def _group_name(g: Group, groups: list[Group]) -> str:
 
 
 SAFETY_TITLE = "Safety (last evaluation; train_cats = catastrophes during training, cumulative)"
+ERRORS_TITLE = ("Model retention errors (lower is better; first_task_ratio = the first task's error after the last "
+                "task / right after its own training)")
 
 
-def _safety_group_rows(groups: list[Group], stats: list[dict[str, list[float]]]) -> list[tuple[str, int, list[str]]]:
-    """(group name, seeds, mean [90% CI] per safety column) for the groups with safety results; ``stats`` is
-    ``_safety_stats`` of each group."""
-    return [(_group_name(g, groups), len(g.runs), [_ci(st.get(f"safety_{c}")) for c in SAFETY_COLUMNS])
-            for g, st in zip(groups, stats) if st]
-
-
-def markdown(groups: list[Group], notes: list[str], safety_rows: list[tuple[str, int, list[str]]] = ()) -> str:
+def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = ()) -> str:
     cols = [c for c in COLUMNS if any(g.stats.get(c) for g in groups)]
     lines = ["| sequence · agent | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for g in groups:
         lines.append(f"| {_group_name(g, groups)} | {len(g.runs)} | " + " | ".join(_ci(g.stats.get(c)) for c in cols)
                      + " |")
-    if safety_rows:
-        lines += ["", f"{SAFETY_TITLE}:", "", "| sequence · agent | seeds | " + " | ".join(SAFETY_COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(SAFETY_COLUMNS)]
-        lines += [f"| {name} | {n} | " + " | ".join(values) + " |" for name, n, values in safety_rows]
+    for table in tables:
+        rows = table.group_rows(groups)
+        if rows:
+            lines += ["", f"{table.title}:", "", "| sequence · agent | seeds | " + " | ".join(table.columns) + " |",
+                      "|---|---|" + "---|" * len(table.columns)]
+            lines += [f"| {name} | {n} | " + " | ".join(values) + " |" for name, n, values in rows]
     text = "\n".join(lines) + "\n\nMean [90% bootstrap CI] over seeds.\n"
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -431,7 +457,7 @@ def _plasticity(g: Group) -> str | None:
 
 
 def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list[tuple[str, str]],
-              safety_rows: list[tuple[str, int, list[str]]] = ()) -> str:
+              tables: list[GroupTable] = ()) -> str:
     esc = html.escape
     cols = sorted({k for g in groups for k, v in g.stats.items() if v})
     main_cols = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
@@ -450,11 +476,14 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
         parts.append(f"<tr><td>{esc(_group_name(g, groups))}</td><td>{len(g.runs)}</td>"
                      + "".join(f"<td>{esc(_ci(g.stats.get(c)))}</td>" for c in main_cols) + "</tr>")
     parts.append("</table>")
-    if safety_rows:
-        parts.append(f"<h2>{esc(SAFETY_TITLE)}</h2><p>Mean [90% bootstrap CI] over seeds.</p><table id='safety'><tr>"
-                     "<th>sequence · agent</th><th>seeds</th>" + "".join(f"<th>{esc(c)}</th>" for c in SAFETY_COLUMNS)
-                     + "</tr>" + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
-                                         + "</tr>" for name, n, values in safety_rows) + "</table>")
+    for table in tables:
+        rows = table.group_rows(groups)
+        if rows:
+            parts.append(f"<h2>{esc(table.title)}</h2><p>Mean [90% bootstrap CI] over seeds.</p>"
+                         f"<table id='{table.key}'><tr><th>sequence · agent</th><th>seeds</th>"
+                         + "".join(f"<th>{esc(c)}</th>" for c in table.columns) + "</tr>"
+                         + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
+                                   + "</tr>" for name, n, values in rows) + "</table>")
     refs = [g for g in groups if g.references]
     if refs:
         parts.append("<p class='foot'>Forward transfer references: " + "; ".join(
@@ -498,22 +527,23 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
               "seed": r.summary["seed"], "finished": r.summary["finished"],
               **{c: r.summary["metrics"].get(c) for c in COLUMNS}}
              for r in runs if r.summary.get("kind") == "continual"]
-    safety = {str(r.path): _safety_values(r.summary["safety"]) for r in runs if r.summary.get("safety")}
+    tables = [GroupTable.build("safety", SAFETY_TITLE, runs, groups, _safety_values),
+              GroupTable.build("errors", ERRORS_TITLE, runs, groups, _error_values)]
     for row in table:
-        row.update({f"safety_{k}": v for k, v in safety.get(row["run"], {}).items()})
-    safety_stats = [_safety_stats(g, safety) for g in groups]  # bootstrap CIs: computed once, used four ways
-    safety_rows = _safety_group_rows(groups, safety_stats)
+        for t in tables:
+            row.update({f"{t.key}_{k}": v for k, v in t.values.get(row["run"], {}).items()})
     aggregates = [{"sequence": g.sequence, "agent": g.agent, "seeds": len(g.runs), "protocol": g.runs[0].protocol,
-                   "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats, **stats}
-                  for g, stats in zip(groups, safety_stats)]
+                   "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats,
+                   **{f"{t.key}_{c}": v for t in tables for c, v in t.stats[i].items()}}
+                  for i, g in enumerate(groups)]
     written = []
     if html and groups:
         out = Path(out) if out is not None else _default_out(paths, run_dirs)
         out.mkdir(parents=True, exist_ok=True)
         from crl.fileio import atomic_write_text
 
-        atomic_write_text(out / MD_FILE, markdown(groups, notes, safety_rows))
-        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), safety_rows))
+        atomic_write_text(out / MD_FILE, markdown(groups, notes, tables))
+        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), tables))
         written = [out / HTML_FILE, out / MD_FILE]
     if as_json:
         print(json.dumps({"runs": table, "aggregates": aggregates, "notes": notes}, indent=2))
@@ -530,18 +560,21 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
         for g in groups:
             print(f"{_group_name(g, groups):<{width}} {len(g.runs):>5}  "
                   + "  ".join(f"{_ci(g.stats.get(c)):<24}" for c in cols))
-    if safety:
-        print(f"\n{SAFETY_TITLE[0].lower() + SAFETY_TITLE[1:]}\n{'run':<44} "
-              + " ".join(f"{c[:12]:>12}" for c in SAFETY_COLUMNS))
-        for path, values in safety.items():
-            print(f"{Path(path).name[:44]:<44} " + " ".join(f"{_fmt(values[c]):>12}" for c in SAFETY_COLUMNS))
-        for g, stats in zip(groups, safety_stats):
-            if len(g.runs) > 1 and stats:
-                print(f"{g.label}: mean [90% CI] over {len(g.runs)} seeds: "
-                      + "; ".join(f"{k.removeprefix('safety_')} {_ci(v)}" for k, v in stats.items()))
     for r in runs:
         if r.summary.get("kind") == "continual":
             print_error_matrices(r.path, r.summary)
+    for t in tables:
+        if not t.values:
+            continue
+        widths = [max(12, len(c)) for c in t.columns]
+        print(f"\n{t.title[0].lower() + t.title[1:]}\n{'run':<44} "
+              + " ".join(f"{c:>{w}}" for c, w in zip(t.columns, widths)))
+        for path, values in t.values.items():
+            print(f"{Path(path).name[:44]:<44} " + " ".join(f"{_fmt(values.get(c)):>{w}}" for c, w in zip(t.columns, widths)))
+        for g, stats in zip(groups, t.stats):
+            if len(g.runs) > 1 and stats:
+                print(f"{g.label}: mean [90% CI] over {len(g.runs)} seeds: "
+                      + "; ".join(f"{c} {_ci(v)}" for c, v in stats.items()))
     for r in runs:
         if r.summary.get("kind") == "reference":
             print(f"{r.path.name}: single-task reference, AUC per task: "

@@ -276,6 +276,8 @@ def test_smoke_run_writes_error_matrices_and_resumes_state(tmp_path):
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) in (0, None)
     page = (tmp_path / "report" / "report.html").read_text()
     assert "model_nmse_1step" in page and page.count("<tr><th>after ") == 3 * len(results["error_matrices"])
+    ratio = results["error_metrics"]["model_nmse_1step"]["first_task_ratio"]
+    assert "id='errors'" in page and f"{ratio:.3f} [{ratio:.3f}, {ratio:.3f}]" in page  # one seed: CI collapsed
     state = load(run)["agent"]
     fresh, _ = _agent()
     fresh.load_state_dict(state)

@@ -227,6 +227,8 @@ class L2M(ContextualAgent):
         self.gradient_steps = 0
         self._ctx: RollingContext | None = None
         self._row_targets: torch.Tensor | None = None
+        self.task_names: list[str] = []  # the sequence's tasks begun so far, by index; saved
+        self._row_sequence_task: torch.Tensor | None = None  # per eval row: its sequence task's index, −1 for none
 
     # -- parameters ------------------------------------------------------------------------------
 
@@ -345,6 +347,8 @@ class L2M(ContextualAgent):
 
     def begin_task(self, task: Task) -> None:
         self.task_index = task.index
+        self.task_names += [""] * (task.index + 1 - len(self.task_names))
+        self.task_names[task.index] = task.name
         self._make_sampler(task.name, seed=self.cfg.seed * 1000 + task.index)
         if self.two_level and task.index >= self.tasks_keyed:
             self._key_task(task)
@@ -410,6 +414,8 @@ class L2M(ContextualAgent):
             task_index = named.clamp_max(self.tasks_keyed - 1)
             if self.null_keys.shape[0]:
                 active = named < self.tasks_keyed
+        if self.method == "l2m-oracle" and isinstance(task_index, torch.Tensor) and bool((task_index < 0).any()):
+            active, task_index = task_index >= 0, task_index.clamp_min(0)  # −1: a row of no sequence task (act)
         if self.per_task and (train or self.method == "l2m-oracle" or retrieves_task):
             owner = torch.arange(self.keys.shape[0], device=self.device) // self.per_task
             rows = torch.as_tensor(task_index, device=self.device).expand(sim.shape[0])
@@ -492,6 +498,9 @@ class L2M(ContextualAgent):
 
     def prepare_evaluation(self, row_tasks: list[Task]) -> None:
         self._row_targets = torch.tensor([self._target_return(t.name) for t in row_tasks], device=self.device)
+        index = {name: i for i, name in enumerate(self.task_names) if name}
+        self._row_sequence_task = (torch.tensor([index.get(t.name, -1) for t in row_tasks], device=self.device)
+                                   if index else None)  # None: no task begun, or a checkpoint without the names
         self._ctx = None
 
     @torch.no_grad()
@@ -510,6 +519,10 @@ class L2M(ContextualAgent):
             if self._evidence is not None:
                 self._evidence[first] = 0.0
         self.backbone.eval()
+        if self.method == "l2m-oracle" and self._row_sequence_task is not None:
+            # The oracle knows each row's task by name: a pre-training task evaluated for retention (its index is
+            # its place in the retention list, not in the sequence) is no sequence task and runs unmodulated.
+            task_index = self._row_sequence_task
         logits, _, _ = self._forward(*self._ctx.push(obs), task_index, train=False, evidence=self._evidence)
         action = self.backbone.undiscretize(logits[:, -1].argmax(-1))[:, : self.act_dim]
         self._ctx.record(action)
@@ -556,6 +569,7 @@ class L2M(ContextualAgent):
             "query_center": self.query_center.cpu(),
             "task_keys": self.task_keys.cpu(), "tasks_keyed": self.tasks_keyed,
             "null_keys": self.null_keys.cpu(), "null_alive": self.null_alive.cpu(),
+            "task_names": list(self.task_names),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -583,6 +597,7 @@ class L2M(ContextualAgent):
         self.two_level = self.two_level and self.task_keys.shape[1] > 0
         self.null_keys = state.get("null_keys", self.null_keys[:0].cpu()).to(self.device)
         self._set_null_alive(state.get("null_alive", self.null_alive[:0].cpu()).to(self.device))
+        self.task_names = list(state.get("task_names", []))  # absent before the oracle's retention fix (issue 13)
         self.sampler, self._sampler_task, self._sampler_state = None, state["sampler_task"], state["sampler"]
 
 

@@ -197,6 +197,28 @@ def test_baselines_run(agent_name, data_dir, tmp_path):
     assert results["finished"] and "average_performance" in results["metrics"]
 
 
+def test_oracle_runs_pretraining_tasks_unmodulated_and_sequence_tasks_by_name(data_dir, tmp_path):
+    """l2m-oracle picks modules by task identity; a pre-training task evaluated for retention is no sequence task
+    (its row index is its place in the retention list), so its rows run the backbone unmodulated."""
+    cfg = l2m_config("l2m-oracle", data_dir, "train.eval_episodes=1", "agent.retention_tasks=1",
+                     "train.steps_per_task=4", "train.eval_every=4")
+    run_dir, _ = train(cfg, tmp_path / "oracle", quiet=True)
+    sequence = make_sequence("cw2")
+    agent = make_agent(cfg, sequence, torch.device("cpu"))
+    agent.load_state_dict(checkpoint.load(run_dir)["agent"])
+    assert agent.task_names == [t.name for t in sequence.tasks]
+    selections = []
+    select = agent._select
+    agent._select = lambda *args, **kwargs: selections.append(select(*args, **kwargs)) or selections[-1]
+    pretraining = agent.retention_tasks()[0]
+    assert pretraining.index == 0 and pretraining.name not in agent.task_names
+    agent.prepare_evaluation([pretraining, sequence.tasks[0], sequence.tasks[1]])
+    agent.act(torch.zeros(3, agent.obs_dim), torch.tensor([0, 0, 1]), explore=False)
+    idx, _, active = selections[-1]
+    assert active.tolist() == [False, True, True]
+    assert (idx[1:] // agent.per_task).tolist() == [0, 1]
+
+
 def test_full_finetuning_moves_the_backbone(data_dir, tmp_path):
     cfg = l2m_config("l2m-ft", data_dir, "train.eval_episodes=1", "agent.retention_tasks=0", "agent.lr=1e-3",
                      "train.steps_per_task=4", "train.eval_every=4")

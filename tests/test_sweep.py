@@ -128,3 +128,13 @@ def test_without_ray_one_line_says_how_to_install(monkeypatch, capsys, tmp_path)
     assert code == 2 and len(err.splitlines()) == 1
     assert 'pip install -e ".[sweep]"' in err
     assert not (tmp_path / "s").exists()
+
+
+def test_local_ray_runs_trials_at_normal_priority():
+    """Ray's workers default to nice 15, where trials starved beside other jobs; crl's local Ray runs them at 0."""
+    probe = ("import os, ray\nfrom crl.sweep import start_local_ray\nstart_local_ray(ray, 1)\n"
+             "print(ray.get(ray.remote(lambda: os.nice(0)).remote()))\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(os.nice(0))

@@ -414,7 +414,7 @@ class L2M(ContextualAgent):
             task_index = named.clamp_max(self.tasks_keyed - 1)
             if self.null_keys.shape[0]:
                 active = named < self.tasks_keyed
-        if self.method == "l2m-oracle" and isinstance(task_index, torch.Tensor) and bool((task_index < 0).any()):
+        if self.method == "l2m-oracle" and isinstance(task_index, torch.Tensor):
             active, task_index = task_index >= 0, task_index.clamp_min(0)  # −1: a row of no sequence task (act)
         if self.per_task and (train or self.method == "l2m-oracle" or retrieves_task):
             owner = torch.arange(self.keys.shape[0], device=self.device) // self.per_task

@@ -38,14 +38,6 @@ from crl.fileio import atomic_write_text
 from crl.runlock import wait_while_held_elsewhere
 
 SWEEP_FILE = "sweep.json"
-
-
-def start_local_ray(ray, cpus: int | None) -> None:
-    """A Ray on this machine for the sweep. Its worker processes run at nice 0: Ray's default of 15 starved the
-    trials, which are the sweep's whole work, to about 5% of a core beside any other job (issues 15 and 16)."""
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-             logging_level="error", object_store_memory=200 * 1024 ** 2)
 ERROR_FILE = "error.txt"
 RAY_DIR = ".ray"
 INSTALL_HINT = 'crl sweep needs Ray Tune: pip install -e ".[sweep]" (or pip install "ray[tune]")'
@@ -222,6 +214,14 @@ def _import_ray():
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
     return ray
+
+
+def start_local_ray(ray, cpus: int | None) -> None:
+    """A Ray on this machine for the sweep. Its worker processes run at nice 0: Ray's default of 15 starved the
+    trials, which are the sweep's whole work, to about 5% of a core beside any other job (issues 15 and 16)."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+             logging_level="error", object_store_memory=200 * 1024 ** 2)
 
 
 def _read_spec(out: Path) -> dict[str, Any]:

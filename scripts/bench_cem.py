@@ -52,12 +52,20 @@ def model(device: torch.device, dtype: torch.dtype = torch.float32):
     return dynamics, macs
 
 
+def mbrl_cem(device: torch.device, cfg: CEMConfig):
+    """mbrl-lib's ``CEMOptimizer`` at ``cfg``'s settings (elite ratio, no momentum, as HyperCRL)."""
+    from mbrl.planning.trajectory_opt import CEMOptimizer
+
+    return CEMOptimizer(num_iterations=cfg.iterations, elite_ratio=cfg.elites / cfg.samples,
+                        population_size=cfg.samples, lower_bound=[[-1.0] * ACT] * cfg.horizon,
+                        upper_bound=[[1.0] * ACT] * cfg.horizon, alpha=0.0, device=device)
+
+
 def mbrl_stack(device: torch.device, cfg: CEMConfig):
     """mbrl-lib's own planner at the same settings: plan(start_state (obs,) numpy) -> first action."""
     import gymnasium as gym
     from mbrl.models import GaussianMLP, ModelEnv, OneDTransitionRewardModel
     from mbrl.env import termination_fns
-    from mbrl.planning.trajectory_opt import CEMOptimizer
 
     import crl.envs  # noqa: F401  (registers crl/HalfCheetah*: its spaces are the 18-d state, 6-d action)
 
@@ -69,9 +77,7 @@ def mbrl_stack(device: torch.device, cfg: CEMConfig):
                          reward_fn=lambda action, next_obs: cheetah_reward(None, action, next_obs).unsqueeze(-1),
                          generator=torch.Generator(device=device).manual_seed(0))
     env.close()
-    optimizer = CEMOptimizer(num_iterations=cfg.iterations, elite_ratio=cfg.elites / cfg.samples,
-                             population_size=cfg.samples, lower_bound=[[-1.0] * ACT] * cfg.horizon,
-                             upper_bound=[[1.0] * ACT] * cfg.horizon, alpha=0.0, device=device)
+    optimizer = mbrl_cem(device, cfg)
 
     def plan_one(start):
         return optimizer.optimize(lambda pop: model_env.evaluate_action_sequences(pop, start, num_particles=1),
@@ -144,31 +150,26 @@ def main() -> None:
         if d != "float32":
             print(f"{d} model: top-50 agreement with fp32 over 500 candidates {top_agreement(device, dtypes[d], cfg):.2f}")
     try:
-        from mbrl.planning.trajectory_opt import CEMOptimizer
-        mbrl_plan_one = mbrl_stack(device, cfg)
+        mbrl_plan_one, mbrl_optimizer = mbrl_stack(device, cfg), mbrl_cem(device, cfg)
     except ImportError as e:
-        CEMOptimizer = None
+        mbrl_plan_one = None
         print(f"mbrl-lib: not installed ({e}); pip install mbrl (the bench extra)")
     fp32_dynamics, _ = model(device)
     for n in [int(v) for v in args.envs.split(",")]:
         obs = torch.randn(n, OBS, device=device)
         print(f"n={n}:")
         reference = None
-        if CEMOptimizer is not None:
+        if mbrl_plan_one is not None:
             starts = obs.cpu().numpy()
 
             def mbrl_plan():
                 for k in range(n):  # mbrl-lib plans one environment per call
                     mbrl_plan_one(starts[k])
 
-            optimizer = CEMOptimizer(num_iterations=cfg.iterations, elite_ratio=cfg.elites / cfg.samples,
-                                     population_size=cfg.samples, lower_bound=[[-1.0] * ACT] * cfg.horizon,
-                                     upper_bound=[[1.0] * ACT] * cfg.horizon, alpha=0.0, device=device)
-
             def mbrl_optimizer_on_crl_model():
                 for k in range(n):
                     start = obs[k:k + 1]
-                    optimizer.optimize(lambda pop: rollout_returns(start, pop.unsqueeze(0), fp32_dynamics,
+                    mbrl_optimizer.optimize(lambda pop: rollout_returns(start, pop.unsqueeze(0), fp32_dynamics,
                                                                    cheetah_reward)[0],
                                        x0=torch.zeros(cfg.horizon, ACT, device=device))
 

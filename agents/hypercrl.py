@@ -86,7 +86,7 @@ class HyperCRLConfig:
     full_cov: bool = True  # CEM full covariance (HyperCRL) or diagonal
     plan_dtype: str = "float32"  # the planner's model matmuls: float32 | bfloat16 (states and returns stay fp32;
     #                              bf16 runs on a CPU's AMX/AVX512-BF16 units or a GPU's tensor cores). bf16 plans
-    #                              1.6-2.9x faster here but cost return: cartpole-physics 0.390 -> 0.346 (issue 16)
+    #                              1.7-3.0x faster here but cost return: cartpole-physics 0.390 -> 0.346 (issue 16)
     holdout_every: int = 10  # every n-th block of 50 vector steps is held out for the retention errors
     holdout_max: int = 2_000  # held-out transitions kept per task
     error_horizon: int = 10  # steps of the multi-step prediction error

@@ -47,7 +47,9 @@ def _fuses_linear_relu(x: torch.Tensor, activation: str, batched: bool) -> bool:
             and x.device.type == "cpu" and not torch.is_grad_enabled())
 
 
-_LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+# oneDNN has no bf16 inner product on CPUs without bf16 hardware (AVX2 only): there it refuses the primitive.
+_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available()
+                     and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None)
 
 
 def target_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], activation: str = "relu",

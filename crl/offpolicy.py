@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from crl.config import require_native_bf16
 from crl.core import UsageError
 from crl.learner import ReplayLearner
 from crl.nets import ACTIVATION_MODULES, BODIES, HIDDEN_ACTIVATIONS, EnsembleCWMLP, cw_activations
@@ -133,6 +134,8 @@ class OffPolicyLearner(ReplayLearner):
     def _validate(config: OffPolicyConfig, device: torch.device) -> None:
         if config.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{config.precision}'; allowed: {', '.join(PRECISIONS)}")
+        if config.precision == "bf16":
+            require_native_bf16("agent.precision=bf16", device)
         if config.activation not in HIDDEN_ACTIVATIONS:
             raise UsageError(f"unknown activation '{config.activation}'; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
         if config.body not in BODIES:

@@ -9,9 +9,12 @@ known reward in torch, full covariance. Printed beside, measured in the same run
     ``OneDTransitionRewardModel`` with delta targets) rolled out by ``ModelEnv.evaluate_action_sequences``
     (one particle), optimised by ``CEMOptimizer`` (elite ratio 0.1, α = 0: no momentum, as HyperCRL), fp32,
     one environment per call as mbrl plans;
-  - ``CEMOptimizer`` alone, handed crl's fp32 model and rollout: the optimiser against the optimiser.
+  - ``CEMOptimizer`` alone, handed crl's fp32 model and rollout: the optimiser against the optimiser;
+  and the ceiling: how many times mbrl-lib's stack crl's arithmetic would plan at 100% of the fp32 peak (no fp32
+  planner doing that arithmetic gets past it).
 - crl's planner with its model in each ``--dtypes`` precision (``agent.plan_dtype`` of HyperCRL): bf16
-  matmuls, states and returns in fp32. "top-50 agreement" is the share of the fp32 model's 50 best of 500
+  matmuls, states and returns in fp32; bf16 only where the device has bf16 hardware (AVX512-BF16 or AMX on a CPU,
+  where crl allows it). "top-50 agreement" is the share of the fp32 model's 50 best of 500
   candidate sequences that the bf16 model also ranks in its 50 best (same candidates, same start state).
 
     python scripts/bench_cem.py                 # CPU, all threads
@@ -29,6 +32,7 @@ import time
 
 import torch
 
+from crl.config import native_bf16
 from crl.envs.dynamics import cheetah_reward
 from crl.hypernet import target_forward, target_shapes
 from crl.planning import CEMConfig, plan, rollout_returns
@@ -38,18 +42,18 @@ OBS, ACT, HIDDEN = 18, 6, (200, 200, 200, 200)
 
 def model(device: torch.device, dtype: torch.dtype = torch.float32):
     """crl's planning model as HyperCRL's agent runs it: weights in ``dtype``, inputs cast to it, the predicted
-    deltas back in fp32. Returns (dynamics, MACs per candidate step)."""
+    deltas back in fp32, the probabilistic output layer cut to its mean half (``HyperCRL._cached``). Returns
+    (dynamics, MACs per candidate step)."""
     torch.manual_seed(0)
     weights = []
     for shape in target_shapes(OBS + ACT, HIDDEN, 2 * OBS):
         weights.append((torch.randn(shape) / (shape[-1] ** 0.5 if len(shape) == 2 else 10)).to(device, dtype))
+    weights[-2], weights[-1] = weights[-2][:OBS], weights[-1][:OBS]
 
     def dynamics(states, actions):
-        out = target_forward(torch.cat([states, actions], -1).to(dtype), weights)
-        return states + 0.01 * out[..., :OBS].float()  # the mean half of a probabilistic output
+        return states + 0.01 * target_forward(torch.cat([states, actions], -1).to(dtype), weights).float()
 
-    macs = sum(s[0] * s[1] for s in target_shapes(OBS + ACT, HIDDEN, 2 * OBS) if len(s) == 2)
-    return dynamics, macs
+    return dynamics, sum(w.numel() for w in weights[::2])
 
 
 def mbrl_cem(device: torch.device, cfg: CEMConfig):
@@ -135,15 +139,23 @@ def main() -> None:
     chosen = [d.strip() for d in args.dtypes.split(",")]
     if any(d not in dtypes for d in chosen):
         raise SystemExit(f"--dtypes: unknown precision in {args.dtypes!r}; allowed: {', '.join(dtypes)}")
+    if "bfloat16" in chosen and not native_bf16(device):
+        print(f"bfloat16: not measured, this {device.type} has no bf16 hardware (torch sees "
+              f"{torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else device}; crl refuses "
+              "agent.plan_dtype=bfloat16 there)")
+        chosen.remove("bfloat16")
     cfg = CEMConfig(horizon=30, samples=500, elites=50, iterations=5)
     _, macs = model(device)
     flop_per_action = 2 * macs * cfg.samples * cfg.horizon * cfg.iterations
+    full_macs = sum(s[0] * s[1] for s in target_shapes(OBS + ACT, HIDDEN, 2 * OBS) if len(s) == 2)
     size = 4096 if device.type == "cuda" else 2048
     peaks = {d: matmul_peak(device, size, dtypes[d]) for d in dict.fromkeys(["float32", *chosen])}
     unit = "wall s" if device.type == "cuda" else "CPU s"
     print(f"device {device} ({args.threads} threads), torch {torch.__version__}; rates per {unit}")
     print(f"settings: {cfg.samples} candidates × horizon {cfg.horizon} × {cfg.iterations} iterations, target MLP "
-          f"{OBS + ACT}→{'→'.join(map(str, HIDDEN))}→{2 * OBS}: {flop_per_action / 1e9:.1f} GFLOP of model per action")
+          f"{OBS + ACT}→{'→'.join(map(str, HIDDEN))}→{2 * OBS}: {flop_per_action / 1e9:.1f} GFLOP of model per action "
+          f"in crl, which skips the log-variance half of the output layer "
+          f"({flop_per_action * full_macs / macs / 1e9:.1f} with it, as mbrl-lib)")
     print("matmul peak (plain matmul, same run): "
           + ", ".join(f"{d} {peak / 1e9:.1f} GFLOP/s" for d, peak in peaks.items()))
     for d in chosen:
@@ -175,7 +187,10 @@ def main() -> None:
 
             reference = n / timed(mbrl_plan, device, max(1, args.repeats - 1))
             optimizer_only = n / timed(mbrl_optimizer_on_crl_model, device, max(1, args.repeats - 1))
-            print(f"  mbrl-lib, its whole stack (fp32):         {reference:8.2f} actions/s")
+            # No planner doing crl's arithmetic in fp32 beats the fp32 matmul peak: this is the most it can gain.
+            ceiling = peaks["float32"] / flop_per_action / reference
+            print(f"  mbrl-lib, its whole stack (fp32):         {reference:8.2f} actions/s; crl's arithmetic at "
+                  f"100% of the fp32 peak would be {ceiling:.2f}× it")
             print(f"  mbrl-lib CEMOptimizer on crl's fp32 model: {optimizer_only:8.2f} actions/s")
         for d in chosen:
             dynamics, _ = model(device, dtypes[d])

@@ -57,6 +57,7 @@ START = time.perf_counter()
 
 import torch
 
+from crl.config import native_bf16
 from crl.core import Transitions
 from crl.loop import seed_everything
 from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task
@@ -229,6 +230,9 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "--device cuda: CUDA is not available on this machine; allowed here: cpu\n")
+    if "bf16" in precisions and not native_bf16(torch.device(args.device)):
+        parser.exit(2, f"--precision bf16: this {args.device} has no bf16 hardware (AVX512-BF16 or AMX on a CPU), so "
+                       "crl refuses it there; allowed here: fp32\n")
     torch.set_num_threads(thread_counts[0])
     backend = resolve_backend(args.backend)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

@@ -210,7 +210,9 @@ def test_lora_grouped_rows_equal_the_per_row_gather_in_value_and_gradient():
         grads.append((pool.A_mlp.grad.clone(), pool.B_mlp.grad.clone()))
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
     for g_grouped, g_gather in zip(grads[1], grads[0]):
-        torch.testing.assert_close(g_grouped, g_gather, atol=1e-5, rtol=1e-5)
+        # the two sum a module's gradient over its rows in different orders: on an AVX2 EPYC one element in 5,120
+        # differed by 1.02e-5 (fp32 rounding); a row sent to the wrong module differs by the gradient's own size
+        torch.testing.assert_close(g_grouped, g_gather, atol=1e-4, rtol=1e-4)
     # every row equals its own module applied alone
     for row, module in enumerate(idx.tolist()):
         torch.testing.assert_close(outputs[1][row], pool.delta("mlp", 1, x[row:row + 1], module)[0].detach(),

@@ -237,6 +237,16 @@ def test_bf16_planning_model_predicts_and_ranks_like_fp32():
         assert len(best[0] & best[1]) >= 16
 
 
+def test_bf16_planning_on_a_cpu_without_bf16_hardware_is_a_usage_error(monkeypatch):
+    from crl.core import UsageError
+
+    monkeypatch.setattr("crl.config.native_bf16", lambda device: False)
+    with pytest.raises(UsageError, match=r"agent.plan_dtype=bfloat16 needs bf16 hardware .*use fp32"):
+        _agent(plan_dtype="bfloat16")
+    monkeypatch.setattr("crl.config.native_bf16", lambda device: True)
+    assert _agent(plan_dtype="bfloat16")[0].cfg.plan_dtype == "bfloat16"
+
+
 def test_fused_bf16_planning_forward_equals_the_layer_by_layer_one():
     from crl.hypernet import _fuses_linear_relu, target_forward, target_shapes
 
@@ -246,7 +256,7 @@ def test_fused_bf16_planning_forward_equals_the_layer_by_layer_one():
     with torch.no_grad():
         planned = target_forward(x, weights)
         if not _fuses_linear_relu(x, "relu", batched=False):
-            pytest.skip("no oneDNN fused linear on this build")
+            pytest.skip("no oneDNN fused bf16 linear on this build or CPU")
     trained = target_forward(x, weights)  # with autograd: linear, then ReLU, layer by layer
     assert planned.shape == (3, 50, 10) and torch.equal(planned, trained)
 

@@ -194,7 +194,14 @@ def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_bf16_update_follows_the_fp32_gradient():
+@pytest.fixture
+def bf16_allowed(monkeypatch):
+    """The numerics of a bf16 path, tested on any CPU: torch emulates bf16 where the CPU lacks it (slowly, which is
+    why a run refuses it there)."""
+    monkeypatch.setattr("crl.config.native_bf16", lambda device: True)
+
+
+def test_bf16_update_follows_the_fp32_gradient(bf16_allowed):
     """precision=bf16 autocasts the update's matmuls: same direction as fp32, weights stay fp32."""
     agent = make_agent(precision="bf16")
     agent.observe(batch(64, 0))
@@ -211,7 +218,7 @@ def test_bf16_update_follows_the_fp32_gradient():
     assert math.isfinite(stats["critic_loss"].item()) and all(p.dtype == torch.float32 for p in agent.actor.parameters())
 
 
-def test_bf16_keeps_the_input_and_output_layers_in_fp32():
+def test_bf16_keeps_the_input_and_output_layers_in_fp32(bf16_allowed):
     """Observations enter, and Q-values and (μ, log σ) leave, through fp32 layers even in a bf16 update:
     a Q of ~300 keeps fp32-level resolution of its head (bf16 would round it to steps of 2)."""
     agent = make_agent(precision="bf16")
@@ -226,6 +233,15 @@ def test_bf16_keeps_the_input_and_output_layers_in_fp32():
     assert q.std() < 1 and len(torch.unique(q)) > 50  # spread < 1 yet distinct: no bf16 grid of step 2
     q_fp32 = agent.critics(x, action, 1)
     assert (q - q_fp32).abs().max() < 0.05
+
+
+def test_bf16_on_a_cpu_without_bf16_hardware_is_a_usage_error(monkeypatch):
+    from crl.core import UsageError
+
+    monkeypatch.setattr("crl.config.native_bf16", lambda device: False)
+    with pytest.raises(UsageError, match=r"agent.precision=bf16 needs bf16 hardware .*use fp32"):
+        make_agent(precision="bf16")
+    make_agent(precision="fp32")
 
 
 def test_unknown_precision_is_a_usage_error():
@@ -389,12 +405,14 @@ def _gradients_and_updates_across_a_task_switch(agent: SAC, device: str = "cpu")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compiled_update_equals_the_eager_one(precision):
+def test_compiled_update_equals_the_eager_one(precision, request):
     """compile=true runs SAC's losses through torch.compile (inductor on CPU): the same gradients as eager,
     before and after a task switch (another head: a recompile), and the same weights after the updates.
     Inductor draws its own random numbers unless ``fallback_random``: then both draw the same noise."""
     import torch._inductor.config as inductor_config
 
+    if precision == "bf16":
+        request.getfixturevalue("bf16_allowed")
     eager, compiled = make_agent(precision=precision), make_agent(precision=precision, compile=True)
     initial = [p.detach().clone() for p in eager.critics.parameters()]
     with inductor_config.patch(fallback_random=True):

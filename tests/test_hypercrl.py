@@ -212,6 +212,27 @@ def test_agent_plans_per_row_task_with_the_weights_of_each_row():
                               agent.dynamics(1)(obs.unsqueeze(1), torch.zeros(4, 1, 1)))
 
 
+def test_planner_of_a_probabilistic_model_moves_states_by_the_trained_mean():
+    """A probabilistic model (cheetah-body) plans with its output layer cut to the mean half: next states are the
+    state plus the de-normalised mean that training's forward pass (``_predict``) gives, for every task's weights."""
+    from crl.config import build_config
+    from crl.loop import make_agent
+
+    cfg = build_config("cheetah-body", "hypercrl", preset="smoke", device="cpu", sets=[])
+    seq = make_sequence("cheetah-body")
+    agent = make_agent(cfg, seq, torch.device("cpu"))
+    agent.prepare(list(seq.tasks))
+    agent.begin_task(seq.tasks[0])
+    assert agent.cfg.probabilistic and agent._cached(0)[-2].shape[0] == agent.obs_dim
+    torch.manual_seed(0)
+    states, actions = torch.randn(2, 7, agent.obs_dim), torch.rand(2, 7, agent.act_dim) * 2 - 1
+    x = (torch.cat([states, actions], -1) - agent.in_mean[0]) / agent.in_std[0]
+    with torch.no_grad():
+        mean, logvar = agent._predict(x, agent._weights(0))
+        assert logvar is not None and mean.shape == states.shape
+        torch.testing.assert_close(agent.dynamics(0)(states, actions), states + mean * agent.out_std[0] + agent.out_mean[0])
+
+
 def test_bf16_planning_model_predicts_and_ranks_like_fp32():
     """``plan_dtype=bfloat16`` runs the planner's model matmuls in bf16: its next states are the fp32 model's to
     bf16 precision, and the candidates it ranks best over a horizon are the fp32 model's best."""

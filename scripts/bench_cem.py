@@ -32,7 +32,8 @@ import time
 
 import torch
 
-from crl.config import native_bf16
+from crl.config import require_native_bf16
+from crl.core import UsageError
 from crl.envs.dynamics import cheetah_reward
 from crl.hypernet import target_forward, target_shapes
 from crl.planning import CEMConfig, plan, rollout_returns
@@ -139,13 +140,14 @@ def main() -> None:
     chosen = [d.strip() for d in args.dtypes.split(",")]
     if any(d not in dtypes for d in chosen):
         raise SystemExit(f"--dtypes: unknown precision in {args.dtypes!r}; allowed: {', '.join(dtypes)}")
-    if "bfloat16" in chosen and not native_bf16(device):
-        print(f"bfloat16: not measured, this {device.type} has no bf16 hardware (torch sees "
-              f"{torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else device}; crl refuses "
-              "agent.plan_dtype=bfloat16 there)")
-        chosen.remove("bfloat16")
+    if "bfloat16" in chosen:
+        try:
+            require_native_bf16("agent.plan_dtype=bfloat16", device)
+        except UsageError as refused:
+            print(f"bfloat16: not measured; crl refuses it here: {refused}")
+            chosen.remove("bfloat16")
     cfg = CEMConfig(horizon=30, samples=500, elites=50, iterations=5)
-    _, macs = model(device)
+    fp32_dynamics, macs = model(device)
     flop_per_action = 2 * macs * cfg.samples * cfg.horizon * cfg.iterations
     full_macs = sum(s[0] * s[1] for s in target_shapes(OBS + ACT, HIDDEN, 2 * OBS) if len(s) == 2)
     size = 4096 if device.type == "cuda" else 2048
@@ -166,7 +168,6 @@ def main() -> None:
     except ImportError as e:
         mbrl_plan_one = None
         print(f"mbrl-lib: not installed ({e}); pip install mbrl (the bench extra)")
-    fp32_dynamics, _ = model(device)
     for n in [int(v) for v in args.envs.split(",")]:
         obs = torch.randn(n, OBS, device=device)
         print(f"n={n}:")

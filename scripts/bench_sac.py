@@ -57,8 +57,8 @@ START = time.perf_counter()
 
 import torch
 
-from crl.config import native_bf16
-from crl.core import Transitions
+from crl.config import require_native_bf16
+from crl.core import Transitions, UsageError
 from crl.loop import seed_everything
 from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task
 from crl.envs.vector import resolve_backend
@@ -230,9 +230,11 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "--device cuda: CUDA is not available on this machine; allowed here: cpu\n")
-    if "bf16" in precisions and not native_bf16(torch.device(args.device)):
-        parser.exit(2, f"--precision bf16: this {args.device} has no bf16 hardware (AVX512-BF16 or AMX on a CPU), so "
-                       "crl refuses it there; allowed here: fp32\n")
+    if "bf16" in precisions:
+        try:
+            require_native_bf16("--precision bf16", torch.device(args.device))
+        except UsageError as refused:
+            parser.exit(2, f"{refused}\n")
     torch.set_num_threads(thread_counts[0])
     backend = resolve_backend(args.backend)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

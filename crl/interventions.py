@@ -16,7 +16,7 @@ from torch import nn
 
 from crl.core import Task, UsageError
 from crl.extension import Extension
-from crl.plasticity import dormant_mask, recycle_units, shrink_perturb
+from crl.plasticity import REDO_CONVENTIONS, dormant_mask, recycle_units, shrink_perturb
 from crl.registry import register_extension
 
 RESET_GROUPS = ("actor", "actor_head", "critic", "critic_head")
@@ -46,15 +46,28 @@ class ReDoConfig:
     redo_every: int = 1000  # recycle τ-dormant hidden units every N gradient steps
     redo_tau: float = 0.025  # τ (ReDo; Ma et al.)
     redo_reset_optimizer: bool = True  # zero the Adam moments of recycled weights (Dopamine's ReDo)
+    redo_convention: str = "dopamine"  # dopamine (biases zeroed) | plasticine (biases re-drawn): crl.plasticity.recycle_units
 
 
 @register_extension("redo", "ReDo: recycle τ-dormant units every N gradient steps (Sokar et al. 2023)")
 class ReDo(Extension):
     """Units whose activation score (mean |h| over the batch, over the layer's mean) is ≤ τ get fresh incoming
-    weights and zero outgoing ones; each critic of the pair is scored on its own."""
+    weights and zero outgoing ones; each critic of the pair is scored on its own.
+
+    Follows Dopamine's ReDo (``labs/redo/weight_recyclers.py``, the paper authors' code) by default: dormant
+    units' biases zeroed, all incoming weights re-drawn before the outgoing ones are zeroed, the weights'
+    Adam moments zeroed (``redo_convention=plasticine``: Plasticine's layer-by-layer variant, biases re-drawn).
+    Differs from Dopamine's: fresh incoming weights are drawn from the networks' own initialisation
+    (U(±1/√fan_in), torch's Linear) where Dopamine's networks and recycler use Glorot uniform; τ = 0 marks
+    scores ``isclose`` to 0 (Plasticine) where Dopamine tests ``score <= 0``."""
 
     config_class = ReDoConfig
     requires = _NEEDS
+
+    def __init__(self, learner, cfg):
+        if cfg.redo_convention not in REDO_CONVENTIONS:
+            raise UsageError(f"unknown redo_convention '{cfg.redo_convention}'; allowed: {', '.join(REDO_CONVENTIONS)}")
+        super().__init__(learner, cfg)
 
     def _due(self, steps: int) -> bool:
         return self.cfg.redo_every > 0 and steps > 0 and steps % self.cfg.redo_every == 0
@@ -67,14 +80,13 @@ class ReDo(Extension):
         learner = self.learner
         if not self._due(learner.gradient_steps - 1):
             return {}
-        dormant = {name: [dormant_mask(h, self.cfg.redo_tau) if h.dim() == 2
-                          else torch.stack([dormant_mask(m, self.cfg.redo_tau) for m in h])
+        dormant = {name: [dormant_mask(h, self.cfg.redo_tau) if probe.members is None
+                          else torch.stack([dormant_mask(m, self.cfg.redo_tau) for m in h])  # each member alone
                           for h in probe.captured.values()]  # captured in layer order
                    for name, probe in learner.probes.items()}
         optimizer = learner.optimizer if self.cfg.redo_reset_optimizer else None
-        recycled = sum(recycle_units(w_in, b_in, in_axis, w_out, out_axis, mask, optimizer)
-                       for name, layers in unit_layers(learner).items()
-                       for (w_in, b_in, in_axis, w_out, out_axis), mask in zip(layers, dormant[name]))
+        recycled = sum(recycle_units(layers, dormant[name], optimizer, self.cfg.redo_convention)
+                       for name, layers in unit_layers(learner).items())
         return {"redo/recycled_units": torch.tensor(float(recycled))}
 
 

@@ -126,7 +126,8 @@ class OffPolicyLearner(ReplayLearner):
         self.probes = {
             "actor": PlasticityProbe("actor", self.actor, probe_cfg, activations,
                                      hooks=dict(zip(activations, actor_hooks))),
-            "critic": PlasticityProbe("critic", self.critics, probe_cfg, activations),  # both critics pooled
+            # each critic measured on its own (critic0, critic1), their mean under critic (issue 24)
+            "critic": PlasticityProbe("critic", self.critics, probe_cfg, activations, members=2),
         }
         self.build_extensions()
 

@@ -124,8 +124,11 @@ def weight_change(weight: torch.Tensor, reference: torch.Tensor) -> float:
 
 def grad_norm(params: Iterable[torch.Tensor]) -> float:
     """Global L2 norm of the gradients present (what ``clip_grad_norm_`` returns, before clipping)."""
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    return _norm([p.grad.detach() for p in params if p.grad is not None])
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in tensors]))) if tensors else 0.0
 
 
 @dataclass
@@ -145,14 +148,22 @@ class PlasticityProbe:
     armed: ``arm()`` before the forward pass to measure, ``collect()`` after the backward pass
     (scalars ``plasticity/<network>/<layer>/<metric>``; disarms). ``fau()`` is the cheap pooled FAU
     of what was captured (Adaptive Replay Ratio reads it at every update).
+
+    ``members``: the network is an ensemble of that many independent networks (SAC's twin critics),
+    each hidden activation captured as (members, n, width) and each parameter stacked on a leading
+    member dim. Every member is then measured on its own and logged as ``<name>0``, ``<name>1``, ...;
+    ``<name>`` carries the mean over the members of each metric. Pooling the members instead would
+    score unit j of one critic and unit j of the other as one unit (issue 24: a layer with 6 dead
+    units in one critic logged a dormant ratio of 0).
     """
 
     def __init__(self, name: str, network: nn.Module, cfg: ProbeConfig, activations: dict[str, str],
-                 hooks: dict[str, nn.Module] | None = None):
+                 hooks: dict[str, nn.Module] | None = None, members: int | None = None):
         for kind in activations.values():
             if kind not in ACTIVATIONS:
                 raise ValueError(f"unknown activation '{kind}'; allowed: {', '.join(ACTIVATIONS)}")
         self.name, self.network, self.cfg, self.activations = name, network, cfg, activations
+        self.members = members
         self.armed = False
         self.captured: dict[str, torch.Tensor] = {}
         self.initial = {n: p.detach().clone() for n, p in network.named_parameters() if p.dim() >= 2}
@@ -171,32 +182,65 @@ class PlasticityProbe:
         if self.armed and layer not in self.captured:  # the first pass after arming: the training batch
             self.captured[layer] = h.detach()
 
-    def fau(self) -> torch.Tensor:
-        """The pooled FAU of what was captured, as a 0-d tensor (Adaptive Replay Ratio reads it every update)."""
+    def fau(self, layers: Iterable[str] | None = None) -> torch.Tensor:
+        """The pooled FAU of what was captured (every member, every layer or only ``layers``), as a 0-d
+        tensor (Adaptive Replay Ratio reads it every update). Pooled over the members as Ma et al.'s
+        critic FAU pools Q1 and Q2 (drqv2_adapt_rr.py, Critic.forward_with_FAU)."""
         self.armed = False
-        return fraction_active(self.captured.values(), [self.activations[n] for n in self.captured], as_tensor=True)
+        names = list(self.captured) if layers is None else [n for n in layers if n in self.captured]
+        return fraction_active([self.captured[n] for n in names], [self.activations[n] for n in names], as_tensor=True)
 
-    def collect(self) -> dict[str, float]:
-        self.armed = False
-        prefix, cfg, out = f"plasticity/{self.name}", self.cfg, {}
-        layers = self.captured
+    def _activation_metrics(self, layers: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One network's FAU and dormant ratio per layer and over all layers, and its last layer's ranks,
+        as ``<layer>/<metric>``."""
+        cfg, out = self.cfg, {}
         for layer, h in layers.items():
-            out[f"{prefix}/{layer}/fau"] = fraction_active([h], self.activations[layer])
-            out[f"{prefix}/{layer}/dormant_ratio"] = dormant_ratio([h], cfg.dormant_tau, "global")
+            out[f"{layer}/fau"] = fraction_active([h], self.activations[layer])
+            out[f"{layer}/dormant_ratio"] = dormant_ratio([h], cfg.dormant_tau, "global")
         if layers:
-            out[f"{prefix}/all/fau"] = fraction_active(layers.values(), [self.activations[n] for n in layers])
-            out[f"{prefix}/all/dormant_ratio"] = dormant_ratio(layers.values(), cfg.dormant_tau, cfg.dormant_averaging)
+            out["all/fau"] = fraction_active(layers.values(), [self.activations[n] for n in layers])
+            out["all/dormant_ratio"] = dormant_ratio(layers.values(), cfg.dormant_tau, cfg.dormant_averaging)
             if cfg.ranks:
                 last = list(layers.values())[-1]
                 s = singular_values(last)
-                out[f"{prefix}/last/srank_delta"] = srank_delta(last, s=s)
-                out[f"{prefix}/last/effective_rank"] = effective_rank(last, s=s)
-                out[f"{prefix}/last/feature_rank_eps"] = feature_rank_eps(last, s=s)
-        for pname, p in self.network.named_parameters():
-            if pname in self.initial:
-                out[f"{prefix}/{pname}/weight_magnitude"] = weight_magnitude(p)
-                out[f"{prefix}/{pname}/weight_change"] = weight_change(p, self.initial[pname])
-        out[f"{prefix}/all/grad_norm"] = grad_norm(self.network.parameters())
+                out["last/srank_delta"] = srank_delta(last, s=s)
+                out["last/effective_rank"] = effective_rank(last, s=s)
+                out["last/feature_rank_eps"] = feature_rank_eps(last, s=s)
+        return out
+
+    @staticmethod
+    def _parameter_metrics(params: dict[str, torch.Tensor], initial: dict[str, torch.Tensor],
+                           grads: list[torch.Tensor]) -> dict[str, float]:
+        """One network's weight magnitude and change per matrix and its gradient norm, as ``<param>/<metric>``."""
+        out = {}
+        for pname, p in params.items():
+            if pname in initial:
+                out[f"{pname}/weight_magnitude"] = weight_magnitude(p)
+                out[f"{pname}/weight_change"] = weight_change(p, initial[pname])
+        out["all/grad_norm"] = _norm(grads)
+        return out
+
+    def collect(self) -> dict[str, float]:
+        self.armed = False
+        prefix = f"plasticity/{self.name}"
+        params = dict(self.network.named_parameters())
+        if self.members is None:
+            out = self._activation_metrics(self.captured)
+            out.update(self._parameter_metrics(params, self.initial,
+                                               [p.grad.detach() for p in params.values() if p.grad is not None]))
+            return {f"{prefix}/{k}": v for k, v in out.items()}  # ``captured`` stays: ReDo reads it after the step
+        per_member = []
+        for i in range(self.members):
+            member = self._activation_metrics({n: h[i] for n, h in self.captured.items()})
+            # a member's matrices are (in, out) slices of the (members, in, out) weights; its (members, 1, width)
+            # biases and LayerNorm gains are left out, as a single network's vectors are
+            member.update(self._parameter_metrics(
+                {n: p[i] for n, p in params.items() if p.dim() >= 3 and p.shape[-2] > 1},
+                {n: w[i] for n, w in self.initial.items()},
+                [p.grad.detach()[i] for p in params.values() if p.grad is not None]))
+            per_member.append(member)
+        out = {f"{prefix}{i}/{k}": v for i, member in enumerate(per_member) for k, v in member.items()}
+        out.update({f"{prefix}/{k}": sum(m[k] for m in per_member) / self.members for k in per_member[0]})
         return out  # ``captured`` stays until the next arm(): ReDo reads it after the optimiser step
 
 
@@ -216,28 +260,57 @@ def _masked_fill(t: torch.Tensor, unit_axis: int, mask: torch.Tensor, values: to
     view.copy_(torch.where(m, values, view))
 
 
+REDO_CONVENTIONS = ("dopamine", "plasticine")
+
+
 @torch.no_grad()
-def recycle_units(w_in: torch.Tensor, b_in: torch.Tensor, in_axis: int, w_out: torch.Tensor, out_axis: int,
-                  dormant: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """ReDo (Sokar et al., ICML 2023): for each dormant unit, fresh incoming weights and bias (U(±1/√fan_in),
-    torch's Linear initialisation) and zero outgoing weights, so the network's output is unchanged at
-    that moment (exactly, where no normalisation follows the layer). ``in_axis``: the unit axis of
-    ``w_in`` (0 for an nn.Linear weight, -1 for an ensemble's (members, in, out) weight); ``out_axis``:
-    the unit axis of ``w_out``. With ``optimizer``, the Adam moments of every changed entry are zeroed
-    (Dopamine's ReDo). Returns the number of units recycled."""
-    if not dormant.any():
-        return 0
-    fan_in = _unit_view(w_in, in_axis).shape[-2]
-    bound = 1 / math.sqrt(fan_in)
-    _masked_fill(w_in, in_axis, dormant, torch.empty_like(w_in).uniform_(-bound, bound))
-    _masked_fill(b_in, -1, dormant, torch.empty_like(b_in).uniform_(-bound, bound))
-    _masked_fill(w_out, out_axis, dormant, 0.0)
+def recycle_units(layers: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, int]], dormant: list[torch.Tensor],
+                  optimizer: torch.optim.Optimizer | None = None, convention: str = "dopamine") -> int:
+    """ReDo (Sokar et al., ICML 2023) on a network's hidden layers, in order: ``layers[l]`` is (incoming
+    weight, its bias, the unit axis of that weight, outgoing weight, its unit axis): the unit axis is 0 for
+    an nn.Linear weight (out, in), -1 of an ensemble's (members, in, out) incoming weight and -2 of its
+    outgoing one. ``dormant[l]`` marks layer l's dormant units (with the parameters' leading member dims).
+
+    Every dormant unit gets fresh incoming weights (U(±1/√fan_in), the initialisation of torch's Linear
+    and of crl's networks) and zero outgoing weights, so the network's output is unchanged at that moment
+    (exactly, where no normalisation follows the layer). ``convention``:
+    - ``dopamine`` (Dopamine's labs/redo/weight_recyclers.py, NeuronRecycler.recycle_dead_neurons, the
+      paper authors' code): the bias of a dormant unit is zeroed; every layer's incoming weights are
+      re-drawn before any outgoing weight is zeroed, so a weight from a dormant unit to a dormant unit of
+      the next layer ends at 0; with ``optimizer``, the Adam moments of the changed weight entries are
+      zeroed, the biases' moments are kept (its masks cover kernels only).
+    - ``plasticine`` (Plasticine's and CleanRL-style ReDo, layer by layer): the bias is re-drawn
+      U(±1/√fan_in) with the incoming weights, then the outgoing weights are zeroed before the next
+      layer is treated (a dormant-to-dormant weight ends re-drawn); with ``optimizer``, the moments of
+      the changed weights and biases are zeroed.
+    Returns the number of units recycled."""
+    if convention not in REDO_CONVENTIONS:
+        raise ValueError(f"unknown ReDo convention '{convention}'; allowed: {', '.join(REDO_CONVENTIONS)}")
+    zero_bias = convention == "dopamine"
+
+    def redraw_incoming(w_in, b_in, in_axis, mask):
+        bound = 1 / math.sqrt(_unit_view(w_in, in_axis).shape[-2])
+        _masked_fill(w_in, in_axis, mask, torch.empty_like(w_in).uniform_(-bound, bound))
+        _masked_fill(b_in, -1, mask, 0.0 if zero_bias else torch.empty_like(b_in).uniform_(-bound, bound))
+
+    active = [(layer, mask) for layer, mask in zip(layers, dormant, strict=True) if mask.any()]
+    if zero_bias:  # Dopamine: all incoming weights first, then all outgoing ones
+        for (w_in, b_in, in_axis, _, _), mask in active:
+            redraw_incoming(w_in, b_in, in_axis, mask)
+        for (_, _, _, w_out, out_axis), mask in active:
+            _masked_fill(w_out, out_axis, mask, 0.0)
+    else:
+        for (w_in, b_in, in_axis, w_out, out_axis), mask in active:
+            redraw_incoming(w_in, b_in, in_axis, mask)
+            _masked_fill(w_out, out_axis, mask, 0.0)
     if optimizer is not None:
-        for param, axis in ((w_in, in_axis), (b_in, -1), (w_out, out_axis)):
-            for moment in ("exp_avg", "exp_avg_sq"):
-                if moment in optimizer.state.get(param, {}):
-                    _masked_fill(optimizer.state[param][moment], axis, dormant, 0.0)
-    return int(dormant.sum())
+        for (w_in, b_in, in_axis, w_out, out_axis), mask in active:
+            changed = [(w_in, in_axis), (w_out, out_axis)] + ([] if zero_bias else [(b_in, -1)])
+            for param, axis in changed:
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    if moment in optimizer.state.get(param, {}):
+                        _masked_fill(optimizer.state[param][moment], axis, mask, 0.0)
+    return sum(int(mask.sum()) for _, mask in active)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ def rule(agent):
 def drive(agent: SAC, fau_values: list[float], steps: int) -> list[float]:
     """Step one transition at a time with the critic's FAU scripted; returns the ratio after each step."""
     values = iter(fau_values)
-    agent.probes["critic"].fau = lambda: torch.tensor(next(values))
+    agent.probes["critic"].fau = lambda layers=None: torch.tensor(next(values))
     ratios = []
     for _ in range(steps):
         agent.observe(Transitions(obs=torch.randn(1, OBS), action=torch.zeros(1, ACT), reward=torch.zeros(1),
@@ -55,20 +55,20 @@ def test_starts_low_and_updates_every_other_step():
 def test_paper_faithful_compares_the_last_episode_with_the_previous_check():
     agent = make(mode="paper_faithful")
     # RR 0.5: updates at steps 2, 4, 6, ...; a check at steps 10 and 20 runs before that step's update.
-    # Check 1 reads the last episode (steps 7-10: the update at step 8, FAU 0.6) against the first
-    # update's FAU (0.9): change 0.3, no switch. Check 2 reads the update at step 18 (0.6005) against
-    # 0.6: change 0.0005 ≤ 0.001 → switch at step 20, although the interval's mean moved far more.
-    faus = [0.9, 0.1, 0.1, 0.6, 0.6] + [0.2, 0.2, 0.2, 0.6005, 0.6005]
+    # Check 1 reads the last episode (steps 6-9: the updates at steps 6 and 8, FAU 0.6) against the first
+    # update's FAU (0.9): change 0.3, no switch. Check 2 reads the updates at steps 16 and 18 (0.6005)
+    # against 0.6: change 0.0005 ≤ 0.001 → switch at step 20, although the interval's mean moved far more.
+    faus = [0.9, 0.1, 0.6, 0.6, 0.6] + [0.2, 0.2, 0.6005, 0.6005, 0.6005]
     ratios = drive(agent, faus + [0.5] * 100, 22)
     assert ratios[9] == 0.5 and ratios[19] == 2.0 and rule(agent).switched_at == [(0, 20)]
     assert agent.gradient_steps == 10 + 2 * 2  # two steps at RR 2 after the switch
 
 
 def test_whole_interval_averages_every_update_since_the_last_check():
-    faus = [0.9, 0.1, 0.1, 0.6, 0.6] + [0.2, 0.2, 0.2, 0.6005, 0.6005]
+    faus = [0.9, 0.1, 0.6, 0.6, 0.6] + [0.2, 0.2, 0.6005, 0.6005, 0.6005]
     agent = make(mode="whole_interval")
     drive(agent, faus + [0.5] * 100, 22)
-    assert not rule(agent).switched  # interval means 0.46 then 0.36: never within τ
+    assert not rule(agent).switched  # interval means 0.55 then 0.44: never within τ
     agent = make(mode="whole_interval")
     drive(agent, [0.5] * 100, 12)
     assert rule(agent).switched_at == [(0, 10)]  # a flat FAU: strictly below τ at the first check
@@ -93,6 +93,8 @@ def test_state_round_trip_and_bad_mode():
     assert clone.replay_ratio == 2.0 and rule(clone).switched_at == [(0, 10)] and rule(clone).next_check == rule(agent).next_check
     with pytest.raises(UsageError, match="unknown ARR mode 'fast'; allowed: paper_faithful, whole_interval"):
         make(mode="fast")
+    with pytest.raises(UsageError, match="unknown ARR fau_layers 'relu'; allowed: all, after_trunk"):
+        make(fau_layers="relu")
 
 
 def test_real_critic_fau_is_logged_every_update():

@@ -100,9 +100,10 @@ def test_recycle_units_keeps_the_output_and_revives_dead_units():
     h = net[1](net[0](x))
     dead = dormant_mask(h, 0.0)
     assert dead.tolist() == [False, True, False, False, True, False]
-    assert recycle_units(net[0].weight, net[0].bias, 0, net[2].weight, 1, dead, opt) == 2
+    assert recycle_units([(net[0].weight, net[0].bias, 0, net[2].weight, 1)], [dead], opt) == 2
     assert torch.allclose(net(x), before)  # zero outgoing weights: the function is unchanged
     assert torch.count_nonzero(net[0].weight[[1, 4]]) == 6 and torch.count_nonzero(net[2].weight[:, [1, 4]]) == 0
+    assert net[0].bias[[1, 4]].tolist() == [0.0, 0.0]  # Dopamine's ReDo: a recycled unit's bias is zeroed
     assert torch.count_nonzero(opt.state[net[2].weight]["exp_avg"][:, [1, 4]]) == 0  # fresh moments
     assert torch.count_nonzero(opt.state[net[2].weight]["exp_avg"][:, [0, 2]]) > 0  # others kept
 
@@ -123,7 +124,36 @@ def test_recycle_units_on_an_ensemble_scores_each_member_alone():
     mask = torch.stack([dormant_mask(member, 0.0) for member in h[1]])
     assert mask.tolist() == [[False] * 8, [False] * 3 + [True] + [False] * 4]
     w_in_before = ens.weights[1].detach().clone()
-    recycle_units(ens.weights[1], ens.biases[1], -1, ens.weights[2], -2, mask)
+    recycle_units([(ens.weights[1], ens.biases[1], -1, ens.weights[2], -2)], [mask])
     assert torch.allclose(ens(x, 0), before, atol=1e-6)
     assert torch.equal(ens.weights[1][0], w_in_before[0])  # the first member untouched
     assert not torch.equal(ens.weights[1][1, :, 3], w_in_before[1, :, 3]) and torch.all(ens.weights[2][1, 3] == 0)
+
+
+def test_probe_of_an_ensemble_measures_each_member_and_logs_their_mean():
+    """The twin critics' capture is (2, n, width): each member is scored on its own (critic0, critic1), and
+    critic carries their mean. Scoring the flattened pair as one network hid 6 dead units of one critic."""
+    from crl.nets import EnsembleCWMLP
+
+    torch.manual_seed(0)
+    ens = EnsembleCWMLP(2, 5, (32, 32), 1, 1, activation="relu", body="mlp")
+    with torch.no_grad():  # 6 dead units in the first member's second hidden layer, none elsewhere in it
+        ens.biases[1].fill_(1.0)
+        ens.weights[1][0, :, :6] = 0.0
+        ens.biases[1][0, 0, :6] = -1.0
+    probe = PlasticityProbe("critic", ens, ProbeConfig(dormant_tau=0.0), {"0": "relu", "1": "relu"}, members=2)
+    probe.arm()
+    ens(torch.randn(64, 5), 0, record=probe.record).sum().backward()
+    stats = probe.collect()
+    h = probe.captured["1"]
+    assert stats["plasticity/critic0/1/dormant_ratio"] == dormant_ratio([h[0]], tau=0.0) == 6 / 32
+    assert stats["plasticity/critic1/1/dormant_ratio"] == dormant_ratio([h[1]], tau=0.0) == 0.0
+    assert stats["plasticity/critic/1/dormant_ratio"] == 3 / 32  # the mean of the two
+    assert dormant_ratio([h.reshape(-1, 32)], tau=0.0) == 0.0  # what pooling the members logged
+    for metric in ("last/srank_delta", "last/effective_rank", "all/fau", "all/grad_norm", "weights.1/weight_change"):
+        member = [stats[f"plasticity/critic{i}/{metric}"] for i in (0, 1)]
+        assert stats[f"plasticity/critic/{metric}"] == pytest.approx(sum(member) / 2), metric
+    assert stats["plasticity/critic0/last/srank_delta"] == srank_delta(h[0])
+    assert stats["plasticity/critic0/all/fau"] == fraction_active([probe.captured["0"][0], h[0]])
+    assert stats["plasticity/critic/all/fau"] == pytest.approx(probe.fau().item())  # pooled = mean: equal sizes
+    assert "plasticity/critic0/biases.1/weight_magnitude" not in stats  # a member's biases are vectors

@@ -8,6 +8,21 @@ so there is no extra pass) and turns them into ``plasticity/<network>/<layer>/<m
 Names follow the reference's naming trap table: ``srank_delta`` (Kumar et al. 2021, δ = 0.01; what
 Plasticine and Dohare call "stable rank"), ``stable_rank_classic`` (‖Φ‖_F²/σ₁²), ``effective_rank``
 (Roy & Vetterli), ``feature_rank_eps`` (Lyle et al. 2022, on Φ/√n).
+
+Checked against the reference code on identical activations and weights (tests/test_plasticity_parity.py):
+FAU as Ma et al.'s forward_with_FAU and Plasticine's compute_active_units, the dormant score and ratio as
+Dopamine's estimate_neuron_score / log_dead_neurons_count (``global``) and Plasticine's compute_dormant_units
+(``per_layer``), srank_delta and effective_rank as Plasticine's compute_stable_rank / compute_effective_rank,
+ReDo's recycling as Dopamine's NeuronRecycler.
+
+Differs:
+- τ = 0 marks scores ``isclose`` to 0 (Plasticine); Dopamine tests ``score <= 0`` (the same for ReLU units,
+  whose scores are ≥ 0, except scores below 1e-8).
+- FAU counts tanh, sigmoid and the sparse activations by a saturation rule (Plasticine's for tanh and
+  sigmoid); Ma et al. count ReLU layers only (Adaptive Replay Ratio's ``fau_layers``: agents/arr.py).
+- ReDo re-draws incoming weights from the networks' own initialisation, U(±1/√fan_in) (torch's Linear),
+  where Dopamine's draws Glorot uniform, its networks' initialisation.
+- Rank metrics run on any batch size; Plasticine asserts n ≥ d.
 """
 
 from __future__ import annotations

@@ -1,20 +1,43 @@
 """ClonEx-SAC: behaviour cloning of the earlier tasks' actors, and exploration with the best of them.
 
-Paper: Wołczyk et al., "Disentangling Transfer in Continual Reinforcement
-Learning", NeurIPS 2022 (reference/continual-world.md: CW20 performance 0.87).
+Paper: Wołczyk et al., "Disentangling Transfer in Continual Reinforcement Learning", NeurIPS 2022
+(reference/continual-world.md: CW20 performance 0.87). Reference code: the authors' Continual World
+branch (``Episodic_SAC``, cl_method ``episodic_replay``, with ``exploration_kind="best_return"``),
+kept in the fork ``arczi21/continualworld-ppo`` @7032449 (Wołczyk's last commit; its SAC and methods are
+unchanged since the NeurIPS runs @33dfac8): ``continualworld/methods/episodic_replay.py``,
+``continualworld/sac/{sac,exploration,replay_buffers,models}.py``; tests/test_wolczyk_parity.py pins crl to it.
 
-At the end of each task, ``memory_per_task`` states of its buffer are kept with the actor's output
-distribution on them (μ, log σ of that task's head). While later tasks train, the actor also
-minimises ``bc_coef`` · KL(stored ‖ current) on a memory batch of 128, each row through its own
-task's head; the critic is not regularised (the paper: the critic matters most for transfer).
-During a task's first ``start_steps`` transitions, instead of uniform actions, the agent explores
-with the earlier head whose episodes on the new task return the most: each earlier head is tried
-for one episode (episodes of parallel envs run side by side), then the best one acts for the rest of
-the warm-up. Actor, critic and α gradients are clipped at norm 0.1.
+At the end of each task, ``memory_per_task`` states drawn uniformly (with replacement) from its buffer
+are kept with the actor's output on them (that task's head). While later tasks train, the actor also
+minimises ``bc_coef`` · mean over a memory batch of 128 of KL(stored ‖ current), summed over action
+dimensions, each row through its own task's head; as in the reference the KL is taken between
+Gaussians with the squashed mean tanh(μ) and the (clipped) log σ, with 1e-6 added to σ before squaring
+(``bc_mean=squashed``). The actor's gradient is then (g_SAC + g_cloning)/2, the reference's
+``merge_gradients``, before clipping; critic and α gradients are left alone (the critic is not
+regularised). Actor, critics and α are each clipped to global norm ``clip_grad_norm`` = 0.1. Adam is
+re-created at every task switch, step counter included (``fresh_adam_on_task``; the reference builds
+three new Adams where Continual World's own code keeps the counter). During a task's first
+``start_steps`` transitions, instead of uniform actions, the agent explores with the earlier head
+whose episodes on the new task return the most (the reference's ``ExplorationHelper``, "best_return"):
+each earlier head is tried for one episode in index order, then the head with the highest mean
+episode return (ties: the lowest index) acts, its later episodes counting in its mean.
 
-Differs from the paper (whose code is not public; settings from the reference's third-party port,
-unverified): the best head is chosen from the warm-up's own episodes instead of a separate
-evaluation before the task starts.
+Differs from the reference:
+- with several parallel envs, each env row runs its own exploration episode (the reference has one
+  env): rows take untried heads in turn, and while every head is taken and none has finished an
+  episode a row draws a random earlier head;
+- memory batches are drawn with replacement (the reference: without, ``np.random.choice``);
+- ``regularize_critic`` (the reference's MSE to stored Q-values, off in the paper's runs) is not
+  offered;
+- ``bc_mean=pre_tanh`` is offered: the KL of the pre-tanh Gaussians, which equals the KL of the
+  tanh-squashed policies themselves (tanh is a bijection); the reference's squashed form is the default;
+- ``clip_grad_norm`` = 0.1: the authors' sweeps cover None, 0.01, 0.1, 1 and 10
+  (``mrunner_exps/neurips22/er_tune_clipnorm.py``); 0.1 is from the reference's third-party port docs,
+  not verified against the paper's text;
+- the warm-up explores for ``start_steps`` transitions where the reference's loop explores while
+  ``current_task_timestep <= start_steps`` (one transition more), and the rest of SAC is crl's
+  (agents/sac.py: one Adam over all networks instead of three, which Adam's per-parameter update
+  makes the same).
 """
 
 from __future__ import annotations
@@ -24,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from crl.continual import EpisodicMemory, gaussian_kl
-from crl.core import Task, Transitions
+from crl.core import Task, Transitions, UsageError
 from crl.extension import Extension
 from crl.registry import register_extension, register_variant
 
@@ -35,6 +58,13 @@ class ClonExConfig:
     memory_per_task: int = 10_000  # states (with the policy's μ, log σ) kept per finished task
     memory_batch_size: int = 128
     best_return_exploration: bool = True  # warm-up with the best earlier head instead of uniform actions
+    bc_mean: str = "squashed"  # squashed: KL on tanh(μ) as the reference | pre_tanh: the exact KL of the policies
+    average_gradients: bool = True  # actor gradient (g_SAC + g_cloning)/2 before clipping (reference merge_gradients)
+    fresh_adam_on_task: bool = True  # restart Adam's step counter at every task switch (the reference's new Adams)
+
+
+CLONING_MEANS = ("squashed", "pre_tanh")
+KL_STD_EPS = 1e-6  # added to σ before squaring in the reference's kl_divergence (episodic_replay.py)
 
 
 @register_extension("clonex", "behaviour cloning of past policies + best-return exploration (Wołczyk et al. 2022)")
@@ -45,6 +75,8 @@ class ClonEx(Extension):
     state = ("memory", "head_returns", "row_heads", "row_returns")
 
     def __init__(self, learner, cfg):
+        if cfg.bc_mean not in CLONING_MEANS:
+            raise UsageError(f"unknown bc_mean '{cfg.bc_mean}'; allowed: {', '.join(CLONING_MEANS)}")
         super().__init__(learner, cfg)
         self.memory = EpisodicMemory(learner.device)
         self.head_returns: dict[int, list[float]] = {}  # earlier head → returns of its warm-up episodes
@@ -53,6 +85,12 @@ class ClonEx(Extension):
 
     def begin_task(self, task: Task) -> None:
         self.head_returns, self.row_heads, self.row_returns = {}, None, None
+        if self.cfg.fresh_adam_on_task:  # the learner zeroed the moments already (reset_optimizer_on_task)
+            for state in self.learner.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"].zero_()
+                elif "step" in state:
+                    state["step"] = 0
 
     @torch.no_grad()
     def end_task(self, task: Task) -> None:
@@ -71,7 +109,20 @@ class ClonEx(Extension):
         kept = self.memory.sample(self.cfg.memory_batch_size)
         tasks = kept["task_index"]
         mu, log_std = learner.actor.distribution(learner.policy_input(kept["obs"], tasks), learner.heads(tasks))
-        return self.cfg.bc_coef * gaussian_kl(kept["mu"], kept["log_std"], mu, log_std).mean()
+        return self.cfg.bc_coef * self.cloning_kl(kept["mu"], kept["log_std"], mu, log_std).mean()
+
+    def cloning_kl(self, mu_kept: torch.Tensor, log_std_kept: torch.Tensor, mu: torch.Tensor,
+                   log_std: torch.Tensor) -> torch.Tensor:
+        """Per-row KL(kept ‖ current) from pre-tanh means (stored pre-tanh, so either form can be read)."""
+        if self.cfg.bc_mean == "squashed":
+            return gaussian_kl(torch.tanh(mu_kept), log_std_kept, torch.tanh(mu), log_std, std_eps=KL_STD_EPS)
+        return gaussian_kl(mu_kept, log_std_kept, mu, log_std)
+
+    def adjust_gradients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.cfg.average_gradients and len(self.memory):
+            grads = [p.grad for p in self.learner.actor.parameters() if p.grad is not None]
+            torch._foreach_mul_(grads, 0.5)
+        return {}
 
     # -- best-return exploration ----------------------------------------------------------------
 

@@ -2,13 +2,22 @@
 
 Paper: Wołczyk et al., "Fine-tuning Reinforcement Learning Models is Secretly a Forgetting
 Mitigation Problem", ICML 2024 ("EM": the pre-trained task's data stay in SAC's replay buffer);
-here applied along a sequence: at the end of each task ``memory_per_task`` transitions of its buffer
-are kept, and every gradient step's batch gets ``memory_batch_size`` of them (each row with its own
-task's heads and α), so actor and critics keep fitting earlier tasks.
+here applied along a sequence: at the end of each task ``memory_per_task`` transitions drawn
+uniformly (with replacement) from its buffer are kept, and every gradient step's batch gets
+``memory_batch_size`` of them after its ``batch_size`` current rows (each row with its own task's
+heads and α), so actor and critics keep fitting earlier tasks; SAC's losses average over all rows alike.
 
-Differs from the paper: the paper keeps the whole pre-training buffer for one earlier task; a
-sequence needs a budget per task, so this keeps a uniform sample of each (10k by default, as
-A-GEM's memory in Continual World) and adds a fixed share of rows to each batch.
+Reference code: none to check against. The authors' public code for that paper
+(``BartekCupial/finetuning-RL-as-CL``) is the NetHack (APPO) part; its Meta-World SAC code is not
+public, and no search of the code index found it. The memory is filled and sampled as the same
+group's ClonEx code fills its episodic memory (``arczi21/continualworld-ppo`` @7032449,
+``Episodic_SAC.on_task_start``: ``replay_buffer.sample_batch(episodic_mem_per_task)``).
+
+Differs from the paper: the paper keeps the whole pre-training buffer for one earlier task, its rows
+sampled with the new ones from one buffer; a sequence needs a budget per task, so this keeps a
+uniform sample of each (10k by default, as A-GEM's memory in Continual World) and adds a fixed number
+of rows to each batch whatever the buffers' sizes (tests/test_wolczyk_parity.py pins this); memory rows
+are drawn with replacement.
 """
 
 from __future__ import annotations

@@ -220,9 +220,13 @@ class EpisodicMemory:
 
 
 def gaussian_kl(mu_p: torch.Tensor, log_std_p: torch.Tensor, mu_q: torch.Tensor,
-                log_std_q: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) of diagonal Gaussians, summed over the last dimension."""
-    var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
+                log_std_q: torch.Tensor, std_eps: float = 0.0) -> torch.Tensor:
+    """KL(p ‖ q) of diagonal Gaussians, summed over the last dimension. ``std_eps`` > 0 adds ε to both σ
+    before they are squared, the log-σ term staying exact (Wołczyk et al. 2022's ``kl_divergence``: ε = 1e-6)."""
+    if std_eps:
+        var_p, var_q = (log_std_p.exp() + std_eps) ** 2, (log_std_q.exp() + std_eps) ** 2
+    else:
+        var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
     return (log_std_q - log_std_p + (var_p + (mu_p - mu_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
 
 

@@ -16,9 +16,26 @@ from typing import Any
 from crl.core import UsageError
 
 
+class _StoreOnce(argparse.Action):
+    """A one-value flag: given twice, argparse would silently keep the last (``--agent sac --agent ewc`` ran
+    only ewc, issue 24), so the repeat is refused. List flags take ``action="extend"`` instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given:
+            parser.error(f"{option_string} given twice; it takes one value")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage first)
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def add_argument(self, *args, **kwargs):
+        if args and args[0].startswith("-") and kwargs.get("action", "store") == "store" and "nargs" not in kwargs:
+            kwargs["action"] = _StoreOnce
+        return super().add_argument(*args, **kwargs)
 
 
 def _add_train(sub) -> None:
@@ -73,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--data-dir", type=Path, help="default: $CRL_DATA_DIR or ~/.cache/crl/data")
     p = sub.add_parser("sweep", help="a grid of runs (sequences × agents × seeds) as Ray Tune trials, local or on a cluster")
-    p.add_argument("--seq", nargs="+", help="sequence name(s)")
-    p.add_argument("--agent", nargs="+", help="agent name(s), compositions allowed (sac+ewc)")
-    p.add_argument("--seeds", default="0", help="e.g. 0-9, 0,3,5 or 0-2,7 (default 0)")
+    # list flags: --agent sac ewc and --agent sac --agent ewc both give [sac, ewc]
+    p.add_argument("--seq", nargs="+", action="extend", help="sequence name(s)")
+    p.add_argument("--agent", nargs="+", action="extend", help="agent name(s), compositions allowed (sac+ewc)")
+    p.add_argument("--seeds", nargs="+", action="extend", help="e.g. 0-9, 0,3,5 or 0-2 7 (default 0)")
     p.add_argument("--preset", help="smoke | quick | paper")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every cell (repeatable)")
@@ -221,7 +239,7 @@ def cmd_report(args) -> None:
 def cmd_sweep(args) -> int:
     from crl.sweep import sweep
 
-    return sweep(seq=args.seq, agent=args.agent, seeds=args.seeds, preset=args.preset, sets=args.set,
+    return sweep(seq=args.seq, agent=args.agent, seeds=",".join(args.seeds or ["0"]), preset=args.preset, sets=args.set,
                  device=args.device, backend=args.backend, out=args.out, address=args.address, cpus=args.cpus,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                  max_failures=args.max_failures, resume=args.resume)

@@ -130,6 +130,7 @@ class ContinualLoop:
                                    deterministic=cfg.train.eval_deterministic)
         self.on_eval = None  # called with (state, rows) after every evaluation (a sweep reports progress with it)
         self._stop_signal: int | None = None  # set by SIGTERM/SIGINT; acted on at the next safe point
+        self.stop_requested: threading.Event | None = None  # set from another thread (a sweep's trial): as SIGTERM
         self._in_loop = False  # safe points are reached only inside run()'s training loop
         self.tracks_safety = any(t.catastrophes for t in self.sequence.tasks)
         self._safety_sums: dict[str, torch.Tensor] = {}  # device counters since the last fold into state.safety
@@ -150,6 +151,8 @@ class ContinualLoop:
 
     def _safe_point(self) -> None:
         """Between two steps, nothing half-done: if a stop was asked, checkpoint and stop."""
+        if self._stop_signal is None and self.stop_requested is not None and self.stop_requested.is_set():
+            self._stop_signal = signal.SIGTERM
         if self._stop_signal is not None:
             self._checkpoint()
             raise RunInterrupted(self._stop_signal, self.run_dir, self.state.global_step)
@@ -409,30 +412,31 @@ class ContinualLoop:
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, *, quiet: bool = False,
-          on_eval=None) -> tuple[Path, dict[str, Any]]:
+          on_eval=None, stop_requested: threading.Event | None = None) -> tuple[Path, dict[str, Any]]:
     """A fresh run in ``run_dir`` (which must be empty or absent). ``on_eval(state, rows)`` is called after
-    every evaluation. One process at a time writes a run dir (crl/runlock.py)."""
+    every evaluation; ``stop_requested`` set stops the run as SIGTERM does (checkpoint, RunInterrupted).
+    One process at a time writes a run dir (crl/runlock.py)."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     resolve_device(cfg.device)  # fail before anything is written
     check_run_dir_free(run_dir)
     # the agent is built before the run dir is written, so a bad agent setting leaves no half-made run dir
     # that would block the corrected command
     loop = ContinualLoop(cfg, run_dir, quiet=quiet)
-    loop.on_eval = on_eval
+    loop.on_eval, loop.stop_requested = on_eval, stop_requested
     with RunLock(run_dir):
         write_run_config(run_dir, cfg)
         return run_dir, loop.run()
 
 
 def resume(run_dir: Path, *, quiet: bool = False, device: str | None = None,
-           on_eval=None) -> tuple[Path, dict[str, Any]]:
+           on_eval=None, stop_requested: threading.Event | None = None) -> tuple[Path, dict[str, Any]]:
     """Continue ``run_dir`` from its last checkpoint (or from the start when it stopped before the first)."""
     cfg = load_run_config(run_dir)
     if device is not None:
         cfg.device = device
     with RunLock(run_dir):  # before anything is read: a live writer may be about to replace the checkpoint
         loop = ContinualLoop(cfg, run_dir, quiet=quiet)
-        loop.on_eval = on_eval
+        loop.on_eval, loop.stop_requested = on_eval, stop_requested
         return Path(run_dir), loop.run(resume=True)
 
 

@@ -94,7 +94,7 @@ def expand(paths: list[Path]) -> list[Path]:
             out.append(p)
             continue
         children = sorted(c for c in p.glob("*/config.yaml")) if p.is_dir() else []
-        if not children:
+        if not children and not _is_sweep(p):
             raise UsageError(f"{p} is not a crl run dir (no config.yaml) nor a sweep dir holding run dirs")
         out += [c.parent for c in children]
     seen, unique = set(), []
@@ -103,6 +103,40 @@ def expand(paths: list[Path]) -> list[Path]:
             seen.add(p.resolve())
             unique.append(p)
     return unique
+
+
+def _is_sweep(path: Path) -> bool:
+    from crl.sweep import SWEEP_FILE
+
+    return (Path(path) / SWEEP_FILE).exists()
+
+
+def cells_not_finished(paths: list[Path]) -> list[dict[str, Any]]:
+    """The cells of the sweep dirs among ``paths`` that did not finish: failed (with their error), partial or
+    never started (with why, where the sweep recorded it: a trial that died out of retries)."""
+    from crl.sweep import _read_spec, cell_status
+
+    out = []
+    for path in paths:
+        if not _is_sweep(path):
+            continue
+        for cell in _read_spec(path)["cells"]:
+            status, detail = cell_status(cell)
+            if status == "partial" and not detail and not _has_evals(Path(cell["run_dir"])):
+                detail = "no evaluation yet"
+            if status != "finished":
+                out.append({"cell": cell["name"], "run_dir": cell["run_dir"], "status": status, "error": detail or None})
+    return out
+
+
+def _has_evals(run_dir: Path) -> bool:
+    from crl.monitor import read_evals
+
+    return bool(read_evals(run_dir))
+
+
+def _not_finished_lines(unfinished: list[dict[str, Any]]) -> list[str]:
+    return [f"{u['cell']}: {u['status']}" + (f": {u['error']}" if u["error"] else "") for u in unfinished]
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -288,7 +322,8 @@ ERRORS_TITLE = ("Model retention errors (lower is better; first_task_ratio = the
                 "task / right after its own training)")
 
 
-def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = ()) -> str:
+def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = (),
+             unfinished: list[dict[str, Any]] = ()) -> str:
     cols = [c for c in COLUMNS if any(g.stats.get(c) for g in groups)]
     lines = ["| sequence · agent | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for g in groups:
@@ -303,6 +338,9 @@ def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = (
     text = "\n".join(lines) + "\n\nMean [90% bootstrap CI] over seeds.\n"
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    if unfinished:
+        text += "\nCells not finished (not in the table above):\n\n" + "\n".join(
+            f"- {line}" for line in _not_finished_lines(unfinished)) + "\n"
     return text + "\n" + "\n".join(f"{i + 1}. {n}" for i, n in enumerate(FOOTNOTES)) + "\n"
 
 
@@ -457,7 +495,7 @@ def _plasticity(g: Group) -> str | None:
 
 
 def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list[tuple[str, str]],
-              tables: list[GroupTable] = ()) -> str:
+              tables: list[GroupTable] = (), unfinished: list[dict[str, Any]] = ()) -> str:
     esc = html.escape
     cols = sorted({k for g in groups for k, v in g.stats.items() if v})
     main_cols = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
@@ -470,6 +508,9 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
              f"<p>{len(runs)} runs, {len(groups)} groups (sequence · agent · protocol).</p>"]
     if notes:
         parts.append("<h2>Comparability</h2><ul>" + "".join(f"<li class='note'>{esc(n)}</li>" for n in notes) + "</ul>")
+    if unfinished:
+        parts.append("<h2>Cells not finished</h2><ul id='not-finished'>" + "".join(
+            f"<li class='note'>{esc(line)}</li>" for line in _not_finished_lines(unfinished)) + "</ul>")
     parts.append("<h2>Mean [90% bootstrap CI] over seeds</h2><table id='aggregates'><tr><th>sequence · agent</th>"
                  "<th>seeds</th>" + "".join(f"<th>{esc(c)}</th>" for c in main_cols) + "</tr>")
     for g in groups:
@@ -521,7 +562,9 @@ def _default_out(paths: list[Path], run_dirs: list[Path]) -> Path:
 
 def report(paths: list[Path], as_json: bool = False, out: Path | None = None, html: bool = True) -> list[dict[str, Any]]:
     run_dirs = expand(paths)
-    runs = [_load(d) for d in run_dirs]
+    unfinished = cells_not_finished(paths)
+    listed = {Path(u["run_dir"]).resolve() for u in unfinished}  # listed as not finished, with or without evaluations
+    runs = [_load(d) for d in run_dirs if d.resolve() not in listed or _has_evals(d)]
     groups, notes = aggregate(runs)
     table = [{"run": str(r.path), "sequence": r.summary["sequence"], "agent": r.summary["agent"],
               "seed": r.summary["seed"], "finished": r.summary["finished"],
@@ -542,11 +585,12 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
         out.mkdir(parents=True, exist_ok=True)
         from crl.fileio import atomic_write_text
 
-        atomic_write_text(out / MD_FILE, markdown(groups, notes, tables))
-        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), tables))
+        atomic_write_text(out / MD_FILE, markdown(groups, notes, tables, unfinished))
+        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), tables, unfinished))
         written = [out / HTML_FILE, out / MD_FILE]
     if as_json:
-        print(json.dumps({"runs": table, "aggregates": aggregates, "notes": notes}, indent=2))
+        print(json.dumps({"runs": table, "aggregates": aggregates, "notes": notes, "not_finished": unfinished},
+                         indent=2))
         return table
     header = f"{'run':<44} " + " ".join(f"{c[:7]:>7}" for c in COLUMNS)
     print(header)
@@ -582,6 +626,8 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
                               for k, v in r.summary["reference_curves"].items() if v))
     for n in notes:
         print(f"note: {n}")
+    for line in _not_finished_lines(unfinished):
+        print(f"not finished: {line}")
     if written:
         print("written: " + ", ".join(str(p) for p in written))
     return table

@@ -19,16 +19,30 @@ Each cell's config is built (and validated) before Ray starts: a cell whose conf
 failed with its error and the others run. A cell that fails while running with a UsageError (bad input)
 is not retried: it would fail the same way.
 
+SIGTERM or SIGINT to the driver stops the sweep the way ``crl train`` stops on SIGTERM: the driver writes
+``SWEEP_DIR/stop-requested``, every running trial sees it (polled by a thread beside the loop) and stops at its
+loop's next safe point after writing a checkpoint (``loop.train(stop_requested=...)``), no new trial starts,
+and the driver prints the summary and ``crl sweep --resume SWEEP_DIR``, exiting with 128 + the signal. A second
+signal stops at once (work since the last checkpoint is lost).
+
+An ``--address`` is tried with a plain TCP connection first (5 s): Ray's own connect retries for minutes. While
+Ray runs, the driver's stderr (Ray's and Tune's log lines, raylet messages, tracebacks of dead trials) goes to
+``SWEEP_DIR/.ray/driver.log``; the console has crl's one line per event, a lost node included.
+
 Ray is an optional extra (``pip install -e ".[sweep]"``); Tune's working-directory change is turned off
 (``RAY_CHDIR_TO_TRIAL_DIR=0``) and every path handed to a trial is absolute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +54,10 @@ from crl.runlock import wait_while_held_elsewhere
 SWEEP_FILE = "sweep.json"
 ERROR_FILE = "error.txt"
 RAY_DIR = ".ray"
+DRIVER_LOG = "driver.log"  # in RAY_DIR: the driver's stderr while Ray runs
+STOP_FILE = "stop-requested"  # in the sweep dir while a stopping driver waits for its trials' checkpoints
+STOP_POLL_S = 0.2
+CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = 'crl sweep needs Ray Tune: pip install -e ".[sweep]" (or pip install "ray[tune]")'
 
 
@@ -100,9 +118,10 @@ def cell_status(cell: dict[str, Any]) -> tuple[str, str]:
         return "failed", (run_dir / ERROR_FILE).read_text().strip()
     if run_finished(run_dir):
         return "finished", ""
+    died = f"trial died with no retries left ({cell['died']})" if cell.get("died") else ""
     if (run_dir / "config.yaml").exists():
-        return "partial", ""
-    return "pending", ""
+        return "partial", died
+    return "pending", died
 
 
 # ------------------------------------------------------------------------------ the trial (a Ray worker)
@@ -120,6 +139,10 @@ def run_cell(config: dict[str, Any]) -> None:
     if run_finished(run_dir):
         tune.report({"step": -1, "status": "finished"})
         return
+    stop_file = Path(config["stop_file"])
+    if stop_file.exists():  # started while the sweep stops: leave the cell as it is
+        tune.report({"step": -1, "status": "stopped"})
+        return
     total = None
     wait_while_held_elsewhere(run_dir)  # a retry on another node: the lost node's lock goes stale first
 
@@ -128,20 +151,35 @@ def run_cell(config: dict[str, Any]) -> None:
         tune.report({"step": state.global_step, "task": state.task, "evaluations": state.eval_id,
                      "avg_score": sum(scores) / len(scores), "total_steps": total})
 
+    # the trial runs in a thread of a Ray worker, where no signal reaches it: the driver's stop comes as a file
+    stop, trial_over = threading.Event(), threading.Event()
+
+    def watch_stop_file() -> None:
+        while not trial_over.wait(STOP_POLL_S):
+            if stop_file.exists():
+                stop.set()
+                return
+
+    threading.Thread(target=watch_stop_file, name="crl-stop-watch", daemon=True).start()
     try:
         if (run_dir / "config.yaml").exists():  # a retry, or a sweep resumed: continue from the last checkpoint
             cfg = loop.load_run_config(run_dir)
             total = cfg.train.steps_per_task * _num_tasks(cfg.seq)
-            _, results = loop.resume(run_dir, quiet=True, on_eval=on_eval)
+            _, results = loop.resume(run_dir, quiet=True, on_eval=on_eval, stop_requested=stop)
         else:
             cfg = config_from_dict(cell["config"])
             total = cfg.train.steps_per_task * _num_tasks(cfg.seq)
-            _, results = loop.train(cfg, run_dir, quiet=True, on_eval=on_eval)
+            _, results = loop.train(cfg, run_dir, quiet=True, on_eval=on_eval, stop_requested=stop)
     except UsageError as e:  # bad input fails the same way every time: record it, no retry
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / ERROR_FILE, f"{e}\n")
         tune.report({"step": -1, "status": "failed", "error": str(e)})
         return
+    except loop.RunInterrupted as e:  # the sweep is stopping: the checkpoint is written
+        tune.report({"step": e.step, "status": "stopped"})
+        return
+    finally:
+        trial_over.set()
     m = results.get("metrics", {})
     tune.report({"step": results["steps"], "status": "finished", "total_steps": total,
                  "average_performance": m.get("average_performance")})
@@ -156,28 +194,76 @@ def _num_tasks(seq: str) -> int:
 # --------------------------------------------------------------------------------- the driver
 
 
-def _progress_callback(cells: list[dict[str, Any]], stream=sys.stdout):
+class StopRequest:
+    """The driver's SIGTERM/SIGINT handler: the first signal asks every trial to checkpoint and stop (the stop
+    file), the second stops at once."""
+
+    def __init__(self, stop_file: Path):
+        self.stop_file = stop_file
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        atomic_write_text(self.stop_file, f"{signal.Signals(signum).name}\n")
+        print(f"{signal.Signals(signum).name}: stopping; running trials write a checkpoint and stop "
+              f"(signal again to stop at once, losing their work since their last checkpoint)",
+              flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _progress_callback(cells: list[dict[str, Any]], stop: StopRequest):
+    import ray
     from ray import tune
 
     class Progress(tune.Callback):
         """One line per event over the whole grid: ``[done/total, running] cell: what happened``."""
 
+        NODE_CHECK_S = 5.0
+
         def __init__(self):
             self.state = {c["name"]: "pending" for c in cells}
             self.total = len(cells)
             self.started = time.time()
+            self.nodes_alive: dict[str, str] = {}  # node id -> address, of the nodes seen alive
+            self.nodes_checked = 0.0
+
+        def running(self) -> int:
+            return sum(s == "running" for s in self.state.values())
 
         def _line(self, name: str, text: str) -> None:
             done = sum(s in ("finished", "failed") for s in self.state.values())
-            running = sum(s == "running" for s in self.state.values())
             elapsed = time.time() - self.started
-            print(f"[{elapsed:6.0f}s] {done}/{self.total} done, {running} running | {name}: {text}",
-                  file=stream, flush=True)
+            print(f"[{elapsed:6.0f}s] {done}/{self.total} done, {self.running()} running | {name}: {text}",
+                  flush=True)
+
+        def on_step_begin(self, iteration, trials, **info):
+            """A node that was alive and is not any more: one line (Ray's own account is in .ray/driver.log)."""
+            if time.time() - self.nodes_checked < self.NODE_CHECK_S:
+                return
+            self.nodes_checked = time.time()
+            for node in ray.nodes():
+                node_id, address = node.get("NodeID"), node.get("NodeManagerAddress", "?")
+                if node.get("Alive"):
+                    self.nodes_alive[node_id] = address
+                elif node_id in self.nodes_alive:
+                    del self.nodes_alive[node_id]
+                    self._line(f"node {address}", "lost; its trials are retried from their last checkpoints")
 
         def on_trial_start(self, iteration, trials, trial, **info):
             name = trial.config["cell"]["name"]
             self.state[name] = "running"
-            self._line(name, "started" if trial.num_failures == 0 else f"retry {trial.num_failures}, resuming")
+            if stop.signum is None:
+                self._line(name, "started" if trial.num_failures == 0 else f"retry {trial.num_failures}, resuming")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             name = trial.config["cell"]["name"]
@@ -189,6 +275,10 @@ def _progress_callback(cells: list[dict[str, Any]], stream=sys.stdout):
                 self.state[name] = "finished"
                 ap = result.get("average_performance")
                 self._line(name, "finished" + (f", average performance {ap:.3f}" if isinstance(ap, float) else ""))
+            elif status == "stopped":
+                self.state[name] = "stopped"
+                if result.get("step", -1) >= 0:
+                    self._line(name, f"stopped at step {result['step']:,}, checkpoint written")
             else:
                 total = result.get("total_steps") or 0
                 self._line(name, f"step {result.get('step', 0):,}/{total:,}, eval {result.get('evaluations')}, "
@@ -205,6 +295,22 @@ def _progress_callback(cells: list[dict[str, Any]], stream=sys.stdout):
             self._line(name, f"trial died (failure {trial.num_failures}); retrying from its last checkpoint")
 
     return Progress()
+
+
+def _stopper(stop: StopRequest, progress):
+    from ray import tune
+
+    class StopWhenTrialsStopped(tune.Stopper):
+        """Once a stop is asked and no trial runs any more, Tune starts no pending trial. (Tune's stop_all stops
+        running trials by killing them: it must wait until they have written their checkpoints.)"""
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return stop.signum is not None and progress.running() == 0
+
+    return StopWhenTrialsStopped()
 
 
 def _import_ray():
@@ -224,24 +330,72 @@ def start_local_ray(ray, cpus: int | None) -> None:
              logging_level="error", object_store_memory=200 * 1024 ** 2)
 
 
+def check_cluster_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds, with one line, where ``ray.init(address=...)`` would retry for minutes (issue 24)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    where = f"cannot reach a Ray cluster at --address {address}"
+    if address.startswith("ray://"):  # Ray Client: host:port of its server
+        host_port = address[len("ray://"):]
+    else:
+        try:
+            host_port = canonicalize_bootstrap_address(address)
+        except (ConnectionError, ValueError) as e:  # 'auto' with no cluster started on this machine
+            raise UsageError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+        if not host_port:
+            raise UsageError(f"{where}: no running Ray cluster found (start one with 'ray start --head')")
+    if host_port != address:  # Ray's form of it, e.g. 127.0.0.1 becomes this node's address
+        where += f" ({host_port})"
+    host, _, port = host_port.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ValueError:
+        raise UsageError(f"{where}: expected HOST:PORT or auto") from None
+    except socket.timeout:
+        raise UsageError(f"{where}: no answer within {timeout:.0f} s") from None
+    except OSError as e:
+        raise UsageError(f"{where}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """The process's stderr (fd 2, so C++ and child-process output too) appended to ``path``, then restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
 def _read_spec(out: Path) -> dict[str, Any]:
     path = Path(out) / SWEEP_FILE
     try:
-        return json.loads(path.read_text())
+        spec = json.loads(path.read_text())
+        cells = spec["cells"]
     except FileNotFoundError:
         raise UsageError(f"{out} is not a crl sweep dir (no {SWEEP_FILE})") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise UsageError(f"{path} is unreadable ({type(e).__name__})") from None
+    for cell in cells:  # the run dirs are where the sweep dir is now (it may have moved since it was written)
+        cell["run_dir"] = str((Path(out) / cell["name"]).resolve())
+    return spec
 
 
-def summary(cells: list[dict[str, Any]], stream=sys.stdout, died: dict[str, str] | None = None) -> int:
-    """Print every cell's status (``died``: cells whose trial died with no retries left); returns how many failed."""
+def summary(cells: list[dict[str, Any]], stream=None) -> int:
+    """Print every cell's status (to ``stream``, default sys.stdout as it is now); returns how many failed."""
+    stream = stream or sys.stdout
     failed = 0
     for cell in cells:
         status, detail = cell_status(cell)
-        if status == "partial" and died and cell["name"] in died:
-            status, detail = "failed", f"trial died with no retries left ({died[cell['name']]}); crl sweep --resume continues it"
         failed += status == "failed"
+        if status == "partial" and cell.get("died"):
+            detail += "; crl sweep --resume continues it"
         print(f"  {cell['name']:<40} {status}{': ' + detail if detail else ''}", file=stream)
     return failed
 
@@ -251,7 +405,8 @@ def sweep(*, seq: list[str] | None = None, agent: list[str] | None = None, seeds
           out: Path | None = None, address: str | None = None, cpus: int | None = None,
           cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 2,
           resume: Path | None = None) -> int:
-    """Run (or resume) a sweep; returns the process exit code (0: every cell finished, 1: some failed)."""
+    """Run (or resume) a sweep; returns the process exit code (0: every cell finished, 1: some failed or not
+    finished, 128 + signal: stopped by SIGTERM/SIGINT)."""
     if resume is not None:
         out = Path(resume)
         spec = _read_spec(out)
@@ -263,6 +418,9 @@ def sweep(*, seq: list[str] | None = None, agent: list[str] | None = None, seeds
                   f"nothing to do")
             summary(cells)
             return 1 if failed else 0
+        ray = _import_ray()
+        if address is not None:
+            check_cluster_reachable(address)
         print(f"sweep {out}: resuming {len(todo)} of {len(cells)} cells "
               f"({sum(cell_status(c)[0] == 'finished' for c in cells)} finished are skipped)")
     else:
@@ -277,61 +435,86 @@ def sweep(*, seq: list[str] | None = None, agent: list[str] | None = None, seeds
         spec = {"seq": list(seq), "agent": list(agent), "seeds": parse_seeds(seeds), "preset": preset,
                 "set": list(sets or []), "device": device, "backend": backend,
                 "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "max_failures": max_failures}
-        _import_ray()  # before anything is written
+        ray = _import_ray()  # before anything is written
+        if address is not None:
+            check_cluster_reachable(address)  # before anything is written: a retry must not find a sweep here
         cells = plan(spec, out.resolve())
         if all(c.get("error") for c in cells):  # nothing would run: a plain bad command
             raise UsageError(cells[0]["error"])
-        out.mkdir(parents=True, exist_ok=True)
         spec["cells"] = cells
         spec["segments"] = 0
-        atomic_write_text(out / SWEEP_FILE, json.dumps(spec, indent=2))
-        for c in cells:
-            if c.get("error"):
-                print(f"{c['name']}: FAILED (bad config): {c['error']}")
         todo = [c for c in cells if not c.get("error")]
-        print(f"sweep {out}: {len(todo)} cells to run"
-              + (f" ({len(cells) - len(todo)} with a bad config reported failed)" if len(todo) < len(cells) else ""))
 
-    ray = _import_ray()
     from ray import tune
 
     spec["segments"] = spec.get("segments", 0) + 1
-    atomic_write_text(out / SWEEP_FILE, json.dumps(spec, indent=2))
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"  # trials keep our working directory; paths are absolute anyway
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT is crl's (StopRequest), as SIGTERM
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # crl writes its own TensorBoard events
-    if address is None:
-        start_local_ray(ray, cpus)
-    else:
+    stop_file = out.resolve() / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # left by a driver killed while it stopped
+    (out / RAY_DIR).mkdir(parents=True, exist_ok=True)
+    log = out / RAY_DIR / DRIVER_LOG
+    stop = StopRequest(stop_file)
+    died: dict[str, str] = {}
+    with stderr_to(log):
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error")
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise UsageError(f"cannot reach a Ray cluster at --address {address}: {e}") from None
-    try:
-        trainable = tune.with_resources(run_cell, {"cpu": spec["cpus_per_trial"], "gpu": spec["gpus_per_trial"]})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cell": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["cell"]["name"],
-                                        trial_dirname_creator=lambda t: t.config["cell"]["name"]),
-            run_config=tune.RunConfig(
-                name=f"tune{spec['segments']}", storage_path=str((out / RAY_DIR).resolve()),
-                failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),
-                callbacks=[_progress_callback(todo)], verbose=0,
-            ),
-        )
-        grid = tuner.fit()
-        died = {r.config["cell"]["name"]: str(r.error).strip().splitlines()[-1][:200]
-                for r in grid if r.error is not None and r.config}
-    finally:
-        ray.shutdown()
+            if address is None:
+                start_local_ray(ray, cpus)
+            else:
+                try:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error")
+                except (ConnectionError, ValueError, RuntimeError) as e:
+                    raise UsageError(f"cannot reach a Ray cluster at --address {address}: "
+                                     f"{str(e).strip().splitlines()[0]} (details in {log})") from None
+            # written once Ray runs: a command that failed to start it leaves no sweep.json to block its retry
+            atomic_write_text(out / SWEEP_FILE, json.dumps(spec, indent=2))
+            if spec["segments"] == 1:
+                for c in cells:
+                    if c.get("error"):
+                        print(f"{c['name']}: FAILED (bad config): {c['error']}")
+                print(f"sweep {out}: {len(todo)} cells to run" + (
+                    f" ({len(cells) - len(todo)} with a bad config reported failed)" if len(todo) < len(cells) else ""))
+            progress = _progress_callback(todo, stop)
+            trainable = tune.with_resources(run_cell, {"cpu": spec["cpus_per_trial"], "gpu": spec["gpus_per_trial"]})
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"cell": tune.grid_search(todo), "stop_file": str(stop_file)},
+                tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["cell"]["name"],
+                                            trial_dirname_creator=lambda t: t.config["cell"]["name"]),
+                run_config=tune.RunConfig(
+                    name=f"tune{spec['segments']}", storage_path=str((out / RAY_DIR).resolve()),
+                    failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),
+                    callbacks=[progress], stop=_stopper(stop, progress), verbose=0,
+                ),
+            )
+            with stop.installed():
+                grid = tuner.fit()
+            died = {r.config["cell"]["name"]: str(r.error).strip().splitlines()[-1][:200]
+                    for r in grid if r.error is not None and r.config}
+        except KeyboardInterrupt:  # a second signal: stop at once
+            if stop.signum is None:
+                stop.signum = signal.SIGINT
+        finally:
+            ray.shutdown()
+    stop_file.unlink(missing_ok=True)
     cells = spec["cells"]
+    for c in todo:  # a trial that died out of retries: kept in sweep.json for the summary, crl report and --resume
+        c.pop("died", None)
+    for c in cells:
+        if c["name"] in died and cell_status(c)[0] in ("partial", "pending"):
+            c["died"] = died[c["name"]]
+    atomic_write_text(out / SWEEP_FILE, json.dumps(spec, indent=2))
     print(f"sweep {out}:")
-    failed = summary(cells, died=died)
+    failed = summary(cells)
     finished = sum(cell_status(c)[0] == "finished" for c in cells)
     left = len(cells) - finished - failed
     print(f"{finished} of {len(cells)} cells finished" + (f", {failed} failed" if failed else "")
           + (f", {left} not finished (crl sweep --resume {out} continues them)" if left else "")
           + f"; report: crl report {out}; tensorboard --logdir {out}")
+    if stop.signum is not None:
+        print(f"stopped by {signal.Signals(stop.signum).name}; continue with: crl sweep --resume {out}")
+        return 128 + int(stop.signum)
     return 1 if failed or left else 0

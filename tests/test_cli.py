@@ -159,3 +159,18 @@ def test_truncated_backbone_is_refused_with_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(UsageError, match="corrupt or not a crl backbone"):
         load_backbone(path, torch.device("cpu"))
+
+
+def test_list_flags_extend_and_one_value_flags_refuse_a_repeat(capsys):
+    """`--agent sac --agent ewc` ran only ewc (argparse keeps the last); a list flag now takes both forms."""
+    from crl.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "--seq", "cw2", "--agent", "sac", "--agent", "ewc", "td3",
+                                      "--seeds", "0-1", "--seeds", "5"])
+    assert args.seq == ["cw2"] and args.agent == ["sac", "ewc", "td3"] and args.seeds == ["0-1", "5"]
+    assert build_parser().parse_args(["sweep", "--agent", "sac", "ewc"]).agent == ["sac", "ewc"]
+    assert build_parser().parse_args(["sweep"]).seeds is None  # the default (seed 0) is not mixed into given seeds
+    assert_usage_error(capsys, ["train", "--seq", "cw2", "--agent", "sac", "--agent", "ewc"], "--agent given twice")
+    assert_usage_error(capsys, [*TRAIN, "--seed", "1", "--seed", "2"], "--seed given twice")
+    assert_usage_error(capsys, ["report", "runs/a", "--out", "a", "--out", "b"], "--out given twice")
+    assert_usage_error(capsys, ["data", "collect", "--tasks", "cw10", "--tasks", "mt40"], "--tasks given twice")

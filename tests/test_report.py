@@ -57,3 +57,37 @@ def test_report_notes_runs_that_are_not_comparable_and_resamples_references(tmp_
     md = (tmp_path / "report.md").read_text()
     assert "not comparable" in md and "GEM's code" in md
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") >= 3
+
+
+def test_a_sweep_report_lists_the_cells_that_did_not_finish_with_their_errors(tmp_path, capsys):
+    sweep = tmp_path / "grid"
+    done = sweep / "cw2__sac__s0"
+    fake_run(done, 0, {0: [0, .2, .4, .3, .3], 1: [0, 0, 0, .5, .7]})
+    (done / "results.json").write_text(json.dumps({"finished": True}))
+    fake_run(sweep / "cw2__sac__s1", 1, {0: [0, .2, .4, .4, .4], 1: [0, 0, 0, 0, 0]})
+    (sweep / "cw2__sac__s1" / "error.txt").write_text("agent.lr must be positive\n")
+    write_run_config(sweep / "cw2__sac__s2", build_config("cw2", "sac", seed=2, preset="smoke"))  # no evaluation
+    cells = [{"name": f"cw2__sac__s{seed}", "seq": "cw2", "agent": "sac", "seed": seed} for seed in range(4)]
+    cells[2]["died"] = "RayActorError: the actor died unexpectedly"
+    cells.append({"name": "cw2__l2m__s0", "seq": "cw2", "agent": "l2m", "seed": 0,
+                  "error": "unknown config key 'agent.hidden_sizes'"})
+    (sweep / "sweep.json").write_text(json.dumps({"cells": cells}))
+
+    assert main(["report", str(sweep), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [a["seeds"] for a in report["aggregates"]] == [2]  # the runs with evaluations
+    assert report["not_finished"] == [
+        {"cell": "cw2__sac__s1", "run_dir": str((sweep / "cw2__sac__s1").resolve()), "status": "failed",
+         "error": "agent.lr must be positive"},
+        {"cell": "cw2__sac__s2", "run_dir": str((sweep / "cw2__sac__s2").resolve()), "status": "partial",
+         "error": "trial died with no retries left (RayActorError: the actor died unexpectedly)"},
+        {"cell": "cw2__sac__s3", "run_dir": str((sweep / "cw2__sac__s3").resolve()), "status": "pending",
+         "error": None},
+        {"cell": "cw2__l2m__s0", "run_dir": str((sweep / "cw2__l2m__s0").resolve()), "status": "failed",
+         "error": "unknown config key 'agent.hidden_sizes'"},
+    ]
+    md = (sweep / "report.md").read_text()
+    assert "- cw2__sac__s1: failed: agent.lr must be positive" in md and "- cw2__sac__s3: pending" in md
+    assert "cw2__l2m__s0: failed: unknown config key" in (sweep / "report.html").read_text()
+    assert main(["report", str(sweep), "--no-html"]) == 0
+    assert "not finished: cw2__sac__s2: partial: trial died with no retries left" in capsys.readouterr().out

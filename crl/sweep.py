@@ -26,8 +26,8 @@ and the driver prints the summary and ``crl sweep --resume SWEEP_DIR``, exiting 
 signal stops at once (work since the last checkpoint is lost).
 
 An ``--address`` is tried with a plain TCP connection first (5 s): Ray's own connect retries for minutes. While
-Ray runs, the driver's stderr (Ray's and Tune's log lines, raylet messages, tracebacks of dead trials) goes to
-``SWEEP_DIR/.ray/driver.log``; the console has crl's one line per event, a lost node included.
+Ray runs, the driver's stdout and stderr (Ray's and Tune's log lines, raylet messages and state dumps, tracebacks
+of dead trials) go to ``SWEEP_DIR/.ray/driver.log``; the console has crl's one line per event, a lost node included.
 
 Ray is an optional extra (``pip install -e ".[sweep]"``); Tune's working-directory change is turned off
 (``RAY_CHDIR_TO_TRIAL_DIR=0``) and every path handed to a trial is absolute.
@@ -198,8 +198,8 @@ class StopRequest:
     """The driver's SIGTERM/SIGINT handler: the first signal asks every trial to checkpoint and stop (the stop
     file), the second stops at once."""
 
-    def __init__(self, stop_file: Path):
-        self.stop_file = stop_file
+    def __init__(self, stop_file: Path, console: Console):
+        self.stop_file, self.console = stop_file, console
         self.signum: int | None = None
 
     def __call__(self, signum, frame) -> None:
@@ -207,9 +207,8 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
         atomic_write_text(self.stop_file, f"{signal.Signals(signum).name}\n")
-        print(f"{signal.Signals(signum).name}: stopping; running trials write a checkpoint and stop "
-              f"(signal again to stop at once, losing their work since their last checkpoint)",
-              flush=True)
+        self.console.line(f"{signal.Signals(signum).name}: stopping; running trials write a checkpoint and stop "
+                          f"(signal again to stop at once, losing their work since their last checkpoint)")
 
     @contextlib.contextmanager
     def installed(self):
@@ -221,7 +220,7 @@ class StopRequest:
                 signal.signal(s, handler)
 
 
-def _progress_callback(cells: list[dict[str, Any]], stop: StopRequest):
+def _progress_callback(cells: list[dict[str, Any]], stop: StopRequest, console: Console):
     import ray
     from ray import tune
 
@@ -243,8 +242,7 @@ def _progress_callback(cells: list[dict[str, Any]], stop: StopRequest):
         def _line(self, name: str, text: str) -> None:
             done = sum(s in ("finished", "failed") for s in self.state.values())
             elapsed = time.time() - self.started
-            print(f"[{elapsed:6.0f}s] {done}/{self.total} done, {self.running()} running | {name}: {text}",
-                  flush=True)
+            console.line(f"[{elapsed:6.0f}s] {done}/{self.total} done, {self.running()} running | {name}: {text}")
 
         def on_step_begin(self, iteration, trials, **info):
             """A node that was alive and is not any more: one line (Ray's own account is in .ray/driver.log)."""
@@ -257,7 +255,8 @@ def _progress_callback(cells: list[dict[str, Any]], stop: StopRequest):
                     self.nodes_alive[node_id] = address
                 elif node_id in self.nodes_alive:
                     del self.nodes_alive[node_id]
-                    self._line(f"node {address}", "lost; its trials are retried from their last checkpoints")
+                    self._line(f"node {address} ({node_id[:8]})",
+                               "lost; its trials are retried from their last checkpoints")
 
         def on_trial_start(self, iteration, trials, trial, **info):
             name = trial.config["cell"]["name"]
@@ -357,20 +356,50 @@ def check_cluster_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) ->
         raise UsageError(f"{where}: {e.strerror or e}") from None
 
 
+class Console:
+    """Where crl's own lines go while Ray owns fds 1 and 2. Tune pickles its callbacks and stopper with the
+    experiment's state, and a file opened for writing does not pickle: a copy writes to sys.stdout."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.stream = sys.stdout
+
+
 @contextlib.contextmanager
-def stderr_to(path: Path):
-    """The process's stderr (fd 2, so C++ and child-process output too) appended to ``path``, then restored."""
+def ray_output_to(path: Path):
+    """While Ray runs: the process's stdout and stderr (fds 1 and 2: Ray's C++ logs, the raylet messages its
+    listener threads print, Tune's logging, child processes) appended to ``path``. Yields the console for crl's
+    own lines: the original stdout (or sys.stdout itself where it is not fd 1, e.g. under pytest's capsys)."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.dup2(fd, 2)
-        yield
+        to_fd1 = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a file descriptor
+        to_fd1 = False
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    stream = os.fdopen(os.dup(saved[1]), "w", buffering=1) if to_fd1 else sys.stdout
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for fd in (1, 2):
+            os.dup2(log, fd)
+        yield Console(stream)
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(fd)
+        for fd, original in saved.items():
+            os.dup2(original, fd)
+            os.close(original)
+        os.close(log)
+        if stream is not sys.stdout:
+            stream.close()
 
 
 def _read_spec(out: Path) -> dict[str, Any]:
@@ -457,9 +486,9 @@ def sweep(*, seq: list[str] | None = None, agent: list[str] | None = None, seeds
     stop_file.unlink(missing_ok=True)  # left by a driver killed while it stopped
     (out / RAY_DIR).mkdir(parents=True, exist_ok=True)
     log = out / RAY_DIR / DRIVER_LOG
-    stop = StopRequest(stop_file)
     died: dict[str, str] = {}
-    with stderr_to(log):
+    with ray_output_to(log) as console:
+        stop = StopRequest(stop_file, console)
         try:
             if address is None:
                 start_local_ray(ray, cpus)
@@ -474,10 +503,10 @@ def sweep(*, seq: list[str] | None = None, agent: list[str] | None = None, seeds
             if spec["segments"] == 1:
                 for c in cells:
                     if c.get("error"):
-                        print(f"{c['name']}: FAILED (bad config): {c['error']}")
-                print(f"sweep {out}: {len(todo)} cells to run" + (
+                        console.line(f"{c['name']}: FAILED (bad config): {c['error']}")
+                console.line(f"sweep {out}: {len(todo)} cells to run" + (
                     f" ({len(cells) - len(todo)} with a bad config reported failed)" if len(todo) < len(cells) else ""))
-            progress = _progress_callback(todo, stop)
+            progress = _progress_callback(todo, stop, console)
             trainable = tune.with_resources(run_cell, {"cpu": spec["cpus_per_trial"], "gpu": spec["gpus_per_trial"]})
             tuner = tune.Tuner(
                 trainable,

@@ -85,7 +85,8 @@ def test_sweep_finishes_every_cell_despite_a_killed_trial_and_a_bad_config(swept
     assert killed is not None, stdout + stderr
     assert code == 1, stdout + stderr  # two cells failed (bad config): non-zero
     assert "trial died" in stdout and "retrying from its last checkpoint" in stdout, stdout
-    assert "Traceback" not in stdout + stderr and "Trial task failed" not in stdout + stderr  # in .ray/driver.log
+    for noise in ("Traceback", "Trial task failed", "(raylet)", "\x1b["):  # Ray's and Tune's: in .ray/driver.log
+        assert noise not in stdout + stderr, stdout + stderr
     for agent in ("sac", "td3"):
         for seed in (0, 1):
             run_dir = out / f"cw2__{agent}__s{seed}"

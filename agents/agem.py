@@ -7,7 +7,9 @@ As in Continual World: at the end of each task, 10k transitions sampled from its
 the episodic memory; at every gradient step of a later task, SAC's gradient on a memory batch of
 128 (each row with its own task's heads) is the reference g_ref, and if the actor-and-critic gradient
 g has ⟨g, g_ref⟩ < 0 it is replaced by g − ⟨g, g_ref⟩/‖g_ref‖² g_ref (actor and critics projected
-jointly; α untouched).
+jointly; α untouched; ‖g_ref‖² unclamped, as CW: tests/test_cw_parity.py).
+
+Differs: the memory is sampled at the end of a task rather than at the start of the next (the same buffer).
 """
 
 from __future__ import annotations

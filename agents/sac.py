@@ -9,11 +9,16 @@ rest), twin critics with Polyak targets, one output head and one entropy tempera
 position, the body blind to the task id (``hide_task_id``), one Adam for actor, critics and α, the
 replay buffer emptied and Adam's moments zeroed (step counter kept) at every task switch, 10k
 uniform-random steps at the start of each task, 50 gradient steps every 50 env steps
-(crl/offpolicy.py holds what SAC shares with TD3).
+(crl/offpolicy.py holds what SAC shares with TD3); Keras' defaults where CW relies on them: LayerNorm ε
+1e-3 (crl/nets.py ``CW_LAYER_NORM_EPS``), Adam ε 1e-7 (``adam_eps``). Actor and critics compute CW's
+forward pass on identical weights (tests/test_cw_parity.py).
 
 Differs from the original: PyTorch instead of TF2; with ``num_envs > 1`` a vector step adds several
-transitions at once and updates are scheduled by transitions, not calls. The continual methods are
-extensions composed onto it (``sac+ewc``, ``sac+packnet+redo``; crl/extension.py).
+transitions at once and updates are scheduled by transitions, not calls. Keras' Adam adds ε to √v before
+the bias correction, torch after it: at gradient step t Keras' ε is ε/√(1 − β₂ᵗ) in torch's terms (31.6ε
+at t = 1, 1.01ε at t = 4,000), equal once the counter, kept across tasks as in CW, is past a few
+thousand. The continual methods are extensions composed onto it (``sac+ewc``, ``sac+packnet+redo``;
+crl/extension.py).
 """
 
 from __future__ import annotations
@@ -61,6 +66,12 @@ class Actor(nn.Module):
         """(μ, log σ) of the pre-tanh Gaussian, log σ clipped to [log_std_min, log_std_max]."""
         mu, log_std = self.head(self.body(x), head).split(self.act_dim, -1)
         return mu, log_std.clamp(self.log_std_min, self.log_std_max)
+
+    @staticmethod
+    def squash(mu: torch.Tensor) -> torch.Tensor:
+        """The action mean the policy outputs, tanh(μ): CW's squashed ``mu`` (sac/models.py:123-130; its
+        ``action_scale`` is 1 in crl's [−1, 1] actions), what EWC and MAS differentiate by default."""
+        return torch.tanh(mu)
 
     def act(self, x: torch.Tensor, head: int | torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """The action alone (what ``forward`` returns first, same noise draw), without its log-probability."""

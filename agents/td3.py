@@ -9,7 +9,7 @@ maximises the first critic's Q.
 As SAC here (crl/offpolicy.py): Continual World's 4×256 bodies, one output head per sequence position,
 the body blind to the task id, one Adam (lr 1e-3, batch 128), buffer emptied and Adam's moments zeroed
 at each task switch, 10k uniform-random steps at the start of each task, 50 gradient steps every 50
-env steps, Polyak 0.995 (TD3's τ = 0.005).
+env steps, Polyak 0.995 (TD3's τ = 0.005), Keras' LayerNorm ε 1e-3 and Adam ε 1e-7 as CW's networks.
 
 Differs from the paper: Continual World's networks and schedule instead of 256-256 ReLU MLPs, 25k
 warm-up steps and one update per step; actor, critics and target update in one backward pass
@@ -54,6 +54,11 @@ class DeterministicActor(nn.Module):
 
     def act(self, x: torch.Tensor, head: int | torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return torch.tanh(self.head(self.body(x), head))
+
+    @staticmethod
+    def squash(mu: torch.Tensor) -> torch.Tensor:
+        """The action the policy outputs from ``distribution``'s μ (EWC/MAS's default ``fisher=squashed``)."""
+        return torch.tanh(mu)
 
     def distribution(self, x: torch.Tensor, head: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pre-tanh output, log σ of the exploration noise) for the Gaussian-policy extensions."""

@@ -11,7 +11,8 @@ gains λ·KL(posterior ‖ prior) summed over the body (λ = 1, ``reg_coef``), e
 (CW's reference runs: ``first_task_kl=False``). With ``first_task_kl`` the first task is regularised
 too and the current head's rows join the KL, towards the head's prior, which is never updated (CW's
 ``_update_layer_prior`` skips multi-head layers); a single head (``multihead=False``) is treated like a
-body layer. The critics are plain (CW supports no critic VCL).
+body layer. The critics are plain (CW supports no critic VCL). The KL equals CW's ``kl_divergence`` summed
+over the same layers (tests/test_cw_parity.py).
 
 Differs: the posterior means start like ``nn.Linear`` (as crl's other actors) rather than Glorot
 weights and zero biases.

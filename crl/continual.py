@@ -15,9 +15,30 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
+from crl.core import UsageError
 from crl.nets import in_fp32
+
+
+# -- what CW's methods regularise and prune: the networks' ``common_variables`` ---------------------
+
+def shared_policy_parameters(policy: nn.Module, num_heads: int) -> dict[str, nn.Parameter]:
+    """{name in ``policy``: parameter} of what the tasks share, CW's ``MlpActor.common_variables``
+    (``sac/models.py:136-143``): the body, and with a single head (``multihead=False``) the head too.
+    A policy without a ``head`` attribute (DQN's Q-network: heads inside its body) gives its body."""
+    shared = {f"body.{n}": p for n, p in policy.body.named_parameters()}
+    head = getattr(policy, "head", None)
+    if num_heads == 1 and isinstance(head, nn.Module):
+        shared.update({f"head.{n}": p for n, p in head.named_parameters()})
+    return shared
+
+
+def shared_critic_parameters(critics: nn.Module, num_heads: int) -> dict[str, nn.Parameter]:
+    """{name in ``critics``: parameter} of what the tasks share in twin critics (``crl.offpolicy.TwinCritic``),
+    CW's ``MlpCritic.common_variables``: everything but the per-task output heads; with a single head, all."""
+    heads = {f"net.{n}" for n in critics.net.output_parameter_names()} if num_heads > 1 else set()
+    return {n: p for n, p in critics.named_parameters() if n not in heads}
 
 
 # -- quadratic parameter regularisers (CW's Regularization_SAC) ------------------------------------
@@ -97,16 +118,30 @@ def l2_importance(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     return {n: torch.ones_like(p) for n, p in params.items()}
 
 
+# Which mean of the policy EWC's Fisher and MAS's sensitivity differentiate (``agent.fisher``):
+# squashed: the action mean as the policy outputs it, tanh(μ) (CW's ``mu`` after ``apply_squashing_func``,
+#   sac/models.py:123-130; ×action_scale, 1 in crl's [−1, 1] action space), with the unsquashed log σ;
+# gaussian: the pre-tanh μ, for EWC the exact Fisher of the Gaussian the policy samples before its tanh.
+FISHER_CONVENTIONS = ("squashed", "gaussian")
+
+
+def _identity(mu: torch.Tensor) -> torch.Tensor:
+    return mu
+
+
 def ewc_importance(policy: nn.Module, names: list[str], obs: torch.Tensor, head: int,
-                   chunk: int = 32) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher of a Gaussian policy, as CW's EWC_SAC (Kirkpatrick et al. 2017): per sample
-    and action dimension (∂μ² + 2 ∂σ²) / (σ² + 1e-6), summed over dimensions, clipped below at 1e-5,
-    averaged over samples."""
+                   chunk: int = 32, squash: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of a Gaussian policy, as CW's EWC_SAC (Kirkpatrick et al. 2017,
+    ``methods/ewc.py:28-66``): per sample and action dimension (∂m² + 2 ∂σ²) / (σ² + 1e-6), summed over
+    dimensions, clipped below at 1e-5, averaged over samples. m = ``squash(μ)`` (CW: tanh(μ)), or the
+    pre-tanh μ when ``squash`` is None; σ = exp(log σ) is never squashed."""
+    squash = squash or _identity
     totals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for jac, std in _per_sample_jacobians(policy, names, obs, head,
-                                              lambda mu, log_std: torch.stack([mu, log_std.exp()]), chunk):
-            for n, j in jac.items():  # j: (chunk, 2 [μ | σ], act_dim, *param_shape)
+                                              lambda mu, log_std: torch.stack([squash(mu), log_std.exp()]), chunk):
+            for n, j in jac.items():  # j: (chunk, 2 [m | σ], act_dim, *param_shape)
                 inv_var = 1 / (std ** 2 + 1e-6)
                 inv_var = inv_var.view(*inv_var.shape, *([1] * (j.dim() - 3)))
                 fisher = (inv_var * (j[:, 0] ** 2 + 2 * j[:, 1] ** 2)).sum(1).clamp_min(1e-5)
@@ -115,16 +150,58 @@ def ewc_importance(policy: nn.Module, names: list[str], obs: torch.Tensor, head:
 
 
 def mas_importance(policy: nn.Module, names: list[str], obs: torch.Tensor, head: int,
-                   chunk: int = 32) -> dict[str, torch.Tensor]:
-    """Memory-Aware Synapses (Aljundi et al. 2018) as CW's MAS_SAC: the mean over samples of
-    |∂(‖μ‖² + ‖log σ‖²)/∂θ|."""
+                   chunk: int = 32, squash: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Memory-Aware Synapses (Aljundi et al. 2018) as CW's MAS_SAC (``methods/mas.py:27-44``): the mean
+    over samples of |∂(‖m‖² + ‖log σ‖²)/∂θ|, m = ``squash(μ)`` (CW: tanh(μ)) or μ when ``squash`` is None."""
+    squash = squash or _identity
     totals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for jac, _ in _per_sample_jacobians(policy, names, obs, head,
-                                            lambda mu, log_std: (mu ** 2).sum() + (log_std ** 2).sum(), chunk):
+                                            lambda mu, log_std: (squash(mu) ** 2).sum() + (log_std ** 2).sum(), chunk):
             for n, j in jac.items():  # j: (chunk, *param_shape)
                 totals[n] = totals.get(n, 0) + j.abs().sum(0)
     return {n: t / obs.shape[0] for n, t in totals.items()}
+
+
+def _per_sample_critic_gradients(critics: nn.Module, names: list[str], x: torch.Tensor, action: torch.Tensor,
+                                 head: int, output: Callable[[torch.Tensor], torch.Tensor], chunk: int):
+    """Yields {name: (chunk, *param_shape)}: per-sample gradients of ``output(q)`` summed over the critics'
+    members. A member's parameters reach only its own Q, so the slice of member k is ∂output(q_k)/∂θ_k."""
+    fixed = {n: p.detach() for n, p in critics.named_parameters() if n not in names}
+
+    def single(chosen: dict[str, torch.Tensor], xi: torch.Tensor, ai: torch.Tensor) -> torch.Tensor:
+        q = functional_call(critics, {**fixed, **chosen}, (xi.unsqueeze(0), ai.unsqueeze(0), head))
+        return output(q[:, 0]).sum()
+
+    per_sample = vmap(grad(single), in_dims=(None, 0, 0))
+    chosen = {n: p.detach() for n, p in critics.named_parameters() if n in names}
+    for start in range(0, x.shape[0], chunk):
+        yield per_sample(chosen, x[start:start + chunk], action[start:start + chunk])
+
+
+def critic_ewc_importance(critics: nn.Module, names: list[str], x: torch.Tensor, action: torch.Tensor, head: int,
+                          chunk: int = 32) -> dict[str, torch.Tensor]:
+    """EWC's critic importance with CW's ``regularize_critic`` (``methods/ewc.py:68-74``): the mean over
+    samples of (∂Q/∂θ)², on the batch's own actions; no clip."""
+    totals: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for grads in _per_sample_critic_gradients(critics, names, x, action, head, _identity, chunk):
+            for n, g in grads.items():
+                totals[n] = totals.get(n, 0) + (g ** 2).sum(0)
+    return {n: t / x.shape[0] for n, t in totals.items()}
+
+
+def critic_mas_importance(critics: nn.Module, names: list[str], x: torch.Tensor, action: torch.Tensor, head: int,
+                          chunk: int = 32) -> dict[str, torch.Tensor]:
+    """MAS's critic importance with CW's ``regularize_critic`` (``methods/mas.py:34-50``): the mean over
+    samples of |∂Q²/∂θ|, on the batch's own actions."""
+    totals: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for grads in _per_sample_critic_gradients(critics, names, x, action, head, torch.square, chunk):
+            for n, g in grads.items():
+                totals[n] = totals.get(n, 0) + g.abs().sum(0)
+    return {n: t / x.shape[0] for n, t in totals.items()}
 
 
 # -- PackNet (Mallya & Lazebnik 2018; CW's PackNet_SAC) ----------------------------------------------
@@ -135,12 +212,18 @@ class PackNetMasks:
     ``owner[w] = t`` means weight w was kept by task t (or, for the task in training, is free to it).
     After task t, ``prune(t, fraction)`` zeroes the smallest-magnitude ``fraction`` of the weights task t
     owns and hands them to task t + 1. While task t trains, only its weights get gradients; biases and
-    LayerNorm parameters (``frozen_after_first``) train during task 0 only. ``view(t)`` gives the
+    LayerNorm parameters (``others``) train during task 0 only (``freeze_others``). ``view(t)`` gives the
     parameters task t sees at evaluation: weights of later tasks zeroed.
+
+    ``parts`` ({name: [index, ...]}) names the pieces of a matrix that CW keeps as separate variables and
+    prunes each by its own threshold (``methods/packnet.py:_prune``): one per critic of a stacked ensemble
+    weight, μ's and log σ's rows of a single head. Without an entry a matrix is one piece.
     """
 
-    def __init__(self, matrices: dict[str, nn.Parameter], others: dict[str, nn.Parameter]):
+    def __init__(self, matrices: dict[str, nn.Parameter], others: dict[str, nn.Parameter],
+                 parts: dict[str, list[Any]] | None = None):
         self.matrices, self.others = matrices, others
+        self.parts = {n: (parts or {}).get(n, [slice(None)]) for n in matrices}
         self.owner = {n: torch.zeros_like(p, dtype=torch.long) for n, p in matrices.items()}
         self.freeze_others = False
 
@@ -155,15 +238,17 @@ class PackNetMasks:
 
     @torch.no_grad()
     def prune(self, task: int, fraction: float) -> None:
-        for n, p in self.matrices.items():
-            mine = self.owner[n] == task
-            values = p[mine].abs().sort().values
-            if not values.numel():
-                continue
-            threshold = values[min(int(values.numel() * fraction), values.numel() - 1)]
-            drop = mine & (p.abs() <= threshold)
-            p[drop] = 0.0
-            self.owner[n][drop] = task + 1
+        for n, matrix in self.matrices.items():
+            for index in self.parts[n]:
+                p, owner = matrix[index], self.owner[n][index]  # views: the writes below reach the matrix
+                mine = owner == task
+                values = p[mine].abs().sort().values
+                if not values.numel():
+                    continue
+                threshold = values[min(int(values.numel() * fraction), values.numel() - 1)]
+                drop = mine & (p.abs() <= threshold)
+                p[drop] = 0.0
+                owner[drop] = task + 1
 
     def view(self, task: int) -> dict[str, torch.Tensor]:
         """{name: weights as task ``task`` sees them} for the managed matrices."""
@@ -173,6 +258,9 @@ class PackNetMasks:
         return {"owner": self.owner, "freeze_others": self.freeze_others}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["owner"]) != set(self.matrices):
+            raise UsageError(f"the checkpoint's PackNet masks cover {sorted(state['owner'])}, this agent manages "
+                             f"{sorted(self.matrices)} (another multihead/regularize_critic, or a crl before issue 24)")
         device = next(iter(self.matrices.values())).device
         self.owner = {n: t.to(device) for n, t in state["owner"].items()}
         self.freeze_others = state["freeze_others"]
@@ -183,12 +271,15 @@ class PackNetMasks:
 def agem_project(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
     """In place: if ⟨g, g_ref⟩ < 0, g ← g − ⟨g, g_ref⟩/‖g_ref‖² · g_ref over all tensors jointly, so
     the step no longer increases the memory's loss to first order. Returns whether it projected (a
-    0-d bool tensor: no host sync, so the update stays asynchronous on a GPU)."""
+    0-d bool tensor: no host sync, so the update stays asynchronous on a GPU). As CW's AGEM_SAC
+    (``methods/agem.py:45-60,82-97``): ‖g_ref‖² unclamped; ⟨g, g_ref⟩ < 0 implies ‖g_ref‖² > 0, and the
+    division that ``where`` discards when the gradients agree never reaches the result."""
     dot = torch.stack([(g * r).sum() for g, r in zip(grads, reference)]).sum()
     norm = torch.stack([(r * r).sum() for r in reference]).sum()
-    coefficient = torch.clamp(dot, max=0.0) / norm.clamp_min(1e-12)  # 0 when the gradients agree
+    violated = dot < 0
+    coefficient = torch.where(violated, dot / norm, torch.zeros_like(dot))  # 0 when the gradients agree
     torch._foreach_sub_(grads, torch._foreach_mul(reference, coefficient))
-    return dot < 0
+    return violated
 
 
 # -- episodic memory and Gaussian KL (ClonEx, kickstarting, A-GEM, episodic replay) -----------------

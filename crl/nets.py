@@ -20,6 +20,10 @@ HARD_ASH_Z = 1.2816  # z_k: keeps x ≥ μ + z·σ, the top 10% of a Gaussian la
 # cw: Continual World's body (Linear→LayerNorm→tanh, then Linear→activation); mlp: Linear→activation for
 # every layer, the plain MLP of Haarnoja et al.'s SAC, Spinning Up and Stable-Baselines3
 BODIES = ("cw", "mlp")
+# Keras' LayerNormalization default epsilon, which Continual World's first layer uses (``sac/models.py:44``);
+# torch's default is 1e-5. The LayerNorms that Normalize-and-Project adds (``norm_all``) keep torch's.
+CW_LAYER_NORM_EPS = 1e-3
+TORCH_LAYER_NORM_EPS = 1e-5
 
 
 def cw_activations(hidden_sizes: tuple[int, ...], activation: str = "leaky_relu", body: str = "cw") -> dict[str, str]:
@@ -157,7 +161,8 @@ class Tanh(nn.Tanh):
 
 
 def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False,
-           activation: str = "leaky_relu", body: str = "cw", linear: LinearFactory | None = None) -> nn.Sequential:
+           activation: str = "leaky_relu", body: str = "cw", linear: LinearFactory | None = None,
+           norm_eps: float = CW_LAYER_NORM_EPS) -> nn.Sequential:
     """Continual World's body: Linear→LayerNorm→tanh, then Linear→LeakyReLU for each further layer.
 
     Matches ``continualworld/sac/models.py`` (``mlp`` with ``use_layer_norm=True``); LeakyReLU keeps
@@ -167,7 +172,8 @@ def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False
     and ``"hard_ash"`` the sparse ``Elephant`` and ``HardASH`` (their defaults). ``body="mlp"``
     drops the first layer's LayerNorm and tanh: Linear→activation throughout (see ``BODIES``).
     ``linear(in, out, fp32)`` builds each linear layer (default ``FP32Linear`` for the input layer,
-    ``nn.Linear`` after it; VCL passes Bayesian layers).
+    ``nn.Linear`` after it; VCL passes Bayesian layers). The first layer's LayerNorm has Keras' ε
+    ``norm_eps`` (CW: 1e-3); the further ones of ``norm_all`` torch's 1e-5.
     """
     _check_activation(activation)
     cw_input = body == "cw"
@@ -177,7 +183,7 @@ def cw_mlp(in_dim: int, hidden_sizes: tuple[int, ...], *, norm_all: bool = False
     for i, width in enumerate(hidden_sizes):
         layers.append(linear(prev, width, i == 0))
         if (i == 0 and cw_input) or norm_all:
-            layers.append(nn.LayerNorm(width))
+            layers.append(nn.LayerNorm(width, eps=norm_eps if i == 0 and cw_input else TORCH_LAYER_NORM_EPS))
         layers.append(Tanh() if i == 0 and cw_input else _hidden_activation(activation))
         prev = width
     return nn.Sequential(*layers)
@@ -260,10 +266,13 @@ class EnsembleCWMLP(nn.Module):
     """
 
     def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, num_heads: int,
-                 *, norm_all: bool = False, activation: str = "leaky_relu", body: str = "cw"):
+                 *, norm_all: bool = False, activation: str = "leaky_relu", body: str = "cw",
+                 norm_eps: float = CW_LAYER_NORM_EPS):
         super().__init__()
         _check_activation(activation)
         self.members, self.out_dim, self.num_heads = members, out_dim, num_heads
+        # the first layer's LayerNorm ε: Keras' for CW's body (as ``cw_mlp``), torch's for NaP's on a plain body
+        self.norm_eps = norm_eps if body == "cw" else TORCH_LAYER_NORM_EPS
         self.activation, self.cw_input = activation, body == "cw"
         sizes = [in_dim, *hidden_sizes, out_dim * num_heads]
         self.weights = nn.ParameterList()
@@ -306,7 +315,7 @@ class EnsembleCWMLP(nn.Module):
             x = x.expand(self.members, *x.shape)
         h = in_fp32(_batched_linear, x, weights[0], biases[0])
         if norm_w is not None:
-            h = torch.addcmul(norm_b, F.layer_norm(h, h.shape[-1:]), norm_w)
+            h = torch.addcmul(norm_b, F.layer_norm(h, h.shape[-1:], eps=self.norm_eps), norm_w)
         h = fast_tanh(h) if self.cw_input else self._activation_(h)
         if record is not None:
             record("0", h)
@@ -322,6 +331,11 @@ class EnsembleCWMLP(nn.Module):
             return out
         out = out.view(self.members, x.shape[1], self.num_heads, self.out_dim)
         return out[:, torch.arange(x.shape[1], device=x.device), head]
+
+    def output_parameter_names(self) -> tuple[str, str]:
+        """Names of the output layer's (every head's) weight and bias, as ``named_parameters`` gives them."""
+        last = len(self.weights) - 1
+        return f"weights.{last}", f"biases.{last}"
 
     def _activation_(self, h: torch.Tensor) -> torch.Tensor:
         # in place on a matmul's (or LayerNorm's) output, which its backward does not need; elephant and

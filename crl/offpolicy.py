@@ -35,6 +35,8 @@ class OffPolicyConfig:
     activation: str = "leaky_relu"  # after the first layer: leaky_relu (CW, slope 0.2) | relu | elephant | hard_ash
     body: str = "cw"  # cw: first layer Linear→LayerNorm→tanh (CW) | mlp: Linear→activation throughout (SB3, Spinning Up)
     lr: float = 1e-3  # one Adam for every network (CW CL runs: 1e-3)
+    adam_eps: float = 1e-7  # Adam's ε: Keras' default, CW's (sac/sac.py:184); torch's is 1e-8. It sets the step
+    #                         size where gradients are ~1e-8 (PackNet's 2e-5 clip)
     batch_size: int = 128  # CW: 128
     buffer_size: int = 1_000_000  # FIFO capacity (CW: 1e6)
     gamma: float = 0.99
@@ -141,6 +143,8 @@ class OffPolicyLearner(ReplayLearner):
             raise UsageError(f"unknown activation '{config.activation}'; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
         if config.body not in BODIES:
             raise UsageError(f"unknown body '{config.body}'; allowed: {', '.join(BODIES)}")
+        if not config.adam_eps > 0:
+            raise UsageError(f"agent.adam_eps must be positive, got {config.adam_eps}")
         if config.dormant_averaging not in DORMANT_AVERAGING:
             raise UsageError(f"unknown dormant_averaging '{config.dormant_averaging}'; "
                              f"allowed: {', '.join(DORMANT_AVERAGING)}")
@@ -180,7 +184,7 @@ class OffPolicyLearner(ReplayLearner):
         self._online_params, self._target_params = self.target_pairs()
         # One fused Adam over everything: fewer optimizer kernels is the main CPU lever
         # (reference/performance.md, "fused Adam, one optimizer": −14–19% per update).
-        return torch.optim.Adam(params, lr=self.cfg.lr, fused=True)
+        return torch.optim.Adam(params, lr=self.cfg.lr, eps=self.cfg.adam_eps, fused=True)
 
     def target_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return list(self.critics.parameters()), list(self.target_critics.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import warnings
@@ -36,6 +37,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | None = None):
+    """Python's, numpy's and torch's global RNGs (and ``device``'s, if CUDA) seeded with ``seed`` inside the block,
+    and as they were before it afterwards: a side computation (an evaluation) neither reads nor moves the
+    streams of the computation around it."""
+    saved_python, saved_numpy = random.getstate(), np.random.get_state()
+    cuda = device is not None and device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it would reseed every GPU's RNG too
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(saved_python)
+            np.random.set_state(saved_numpy)
 
 
 def save(run_dir: Path, payload: dict[str, Any]) -> Path:

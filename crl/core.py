@@ -50,7 +50,11 @@ class VecStep:
 
 
 class VecEnv(Protocol):
-    """A batch of ``num_envs`` copies of one task, stepped in lockstep (see VecStep)."""
+    """A batch of ``num_envs`` copies of one task, stepped in lockstep (see VecStep).
+
+    Optional: ``reseed(seed)``, after which the envs behave from their next ``reset`` on as a VecEnv built with
+    ``seed`` would (the in-process backends have it; EnvPool's cannot: crl.evaluate.Evaluator.restart rebuilds
+    those)."""
 
     num_envs: int
     backend: str

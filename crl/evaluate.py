@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from crl.checkpoint import seeded_rng
 from crl.core import Agent, ContextualPolicy, Sequence, Task, VecEnv
+
+
+def stream_seed(*parts: int) -> int:
+    """A seed in [0, 2³¹) for the random stream named by the ints ``parts``, independent of the streams of other
+    ``parts`` (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1)[0] >> 1)
 
 
 class Evaluator:
@@ -21,7 +28,11 @@ class Evaluator:
     Each task runs ``episodes`` episodes in lockstep in one VecEnv of that many copies; an episode's
     score is its success flag at any step (``score == "success"``) or its return / return_scale.
     The environments keep their RNG between evaluations, so every evaluation sees fresh initial
-    positions, as Continual World's evaluation does.
+    positions, as Continual World's evaluation does; ``restart(round)`` (at every checkpoint) restarts those
+    RNGs from a seed of ``round``, which a run resumed from the checkpoint does too. An evaluation draws
+    its random actions from the global RNGs seeded for it, and leaves them as it found them: training's
+    random streams do not depend on when evaluations fall, and a resumed run's evaluations equal the
+    uninterrupted run's.
     """
 
     AUROC_HORIZON = 5  # k of "a catastrophe within k steps" (Kenton et al.: "within a few steps")
@@ -31,15 +42,31 @@ class Evaluator:
         self.sequence, self.episodes, self.seed, self.backend = sequence, episodes, seed, backend
         self.device, self.deterministic = device, deterministic
         self._envs: dict[int | tuple[int, str], VecEnv] = {}
+        self._round, self._calls = 0, 0  # the last restart's round; evaluations since it
+
+    def _seed(self, key: int | tuple[int, str]) -> int:
+        index, split = (key, "train") if isinstance(key, int) else key
+        # Seeds disjoint from training envs (crl/loop.py uses seed·1000 + position).
+        seed = 10**6 + self.seed * 1000 + index + (0 if split == "train" else 500)
+        return seed if self._round == 0 else stream_seed(seed, self._round)
 
     def _env(self, task: Task, split: str = "train") -> VecEnv:
         key = task.index if split == "train" else (task.index, split)
         if key not in self._envs:
-            # Seeds disjoint from training envs (crl/loop.py uses seed·1000 + position).
-            seed = 10**6 + self.seed * 1000 + task.index + (0 if split == "train" else 500)
             on_device = {"device": self.device} if task.on_device else {}
-            self._envs[key] = task.make_vec(self.episodes, seed, self.backend, **on_device)
+            self._envs[key] = task.make_vec(self.episodes, self._seed(key), self.backend, **on_device)
         return self._envs[key]
+
+    def restart(self, round: int) -> None:
+        """Every env's RNG from now on as if built with the seed of ``round``: reseeded in place where the env
+        can (``reseed``: the in-process backends), else rebuilt at its next use (EnvPool cannot reseed)."""
+        self._round, self._calls = round, 0
+        for key, env in list(self._envs.items()):
+            if hasattr(env, "reseed"):
+                env.reseed(self._seed(key))
+            else:
+                env.close()
+                del self._envs[key]
 
     def evaluate(self, agent: Agent, tasks: list[Task] | None = None) -> list[dict[str, float]]:
         """One result dict per task (all tasks of the sequence unless ``tasks`` is given).
@@ -47,7 +74,11 @@ class Evaluator:
         All tasks step in lockstep and share one batched ``agent.act`` per step (each row carries
         its task index), so an evaluation of N tasks costs episode_len forward passes, not N times that.
         """
-        tasks = list(tasks or self.sequence.tasks)
+        self._calls += 1
+        with seeded_rng(stream_seed(self.seed, self._round, self._calls), self.device):
+            return self._evaluate(agent, list(tasks or self.sequence.tasks))
+
+    def _evaluate(self, agent: Agent, tasks: list[Task]) -> list[dict[str, float]]:
         if all(t.on_device for t in tasks):
             return self._evaluate_on_device(agent, tasks)
         envs = [self._env(t) for t in tasks]

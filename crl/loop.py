@@ -28,8 +28,8 @@ import yaml
 
 from crl import checkpoint
 from crl.config import RunConfig, config_from_dict, resolve_device
-from crl.core import Agent, LearnsFrom, Sequence, Task, Transitions, UsageError
-from crl.evaluate import Evaluator
+from crl.core import Agent, LearnsFrom, Sequence, Task, Transitions, UsageError, VecEnv
+from crl.evaluate import Evaluator, stream_seed
 from crl.monitor import Monitor, read_evals, write_agent_metrics, write_evals
 from crl.runlock import RunLock
 
@@ -149,11 +149,15 @@ class ContinualLoop:
             return {}
         return {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    def _safe_point(self) -> None:
-        """Between two steps, nothing half-done: if a stop was asked, checkpoint and stop."""
+    def _stop_asked(self) -> bool:
         if self._stop_signal is None and self.stop_requested is not None and self.stop_requested.is_set():
             self._stop_signal = signal.SIGTERM
-        if self._stop_signal is not None:
+        return self._stop_signal is not None
+
+    def _safe_point(self, stop: bool | None = None) -> None:
+        """Between two steps, nothing half-done: if a stop was asked, checkpoint and stop. ``stop``: whether to,
+        as read before the step (online training ends its episodes there for it: _train_online); None: read now."""
+        if self._stop_asked() if stop is None else stop:
             self._checkpoint()
             raise RunInterrupted(self._stop_signal, self.run_dir, self.state.global_step)
 
@@ -163,6 +167,9 @@ class ContinualLoop:
         checkpoint.save(self.run_dir, {
             "config": self.cfg.to_dict(), "agent": self.agent.state_dict(), "loop": asdict(self.state),
         })
+        # The evaluation envs' RNGs cannot be saved (EnvPool's live in C++): every checkpoint restarts them from
+        # a seed of the evaluation count instead, here and in a run resumed from it (restore).
+        self.evaluator.restart(self.state.eval_id)
 
     def restore(self) -> None:
         if not (self.run_dir / checkpoint.FILENAME).exists():
@@ -177,6 +184,7 @@ class ContinualLoop:
         self.state = LoopState(**data["loop"])
         self.agent.load_state_dict(data["agent"])
         checkpoint.set_rng_state(data["rng"])
+        self.evaluator.restart(self.state.eval_id)  # as save_checkpoint did after writing it
         # Rows written after the checkpoint will be evaluated again: drop them so none is doubled.
         write_evals(self.run_dir, self.state.evals)
         write_agent_metrics(self.run_dir, self.state.agent_metrics)
@@ -230,22 +238,30 @@ class ContinualLoop:
         finally:
             evaluator.close()
 
-    def _advance(self, task, n: int) -> bool:
-        """Count ``n`` steps of ``task``; log, evaluate and checkpoint as due. True when the task is done."""
+    def _due(self, n: int) -> tuple[bool, bool, bool]:
+        """(task done, evaluation due, checkpoint due) once ``n`` more steps are counted."""
         st, tcfg = self.state, self.cfg.train
-        before = st.task_steps
+        steps = st.task_steps + n
+        task_done = steps >= tcfg.steps_per_task
+        evaluates = task_done or steps // tcfg.eval_every > st.task_steps // tcfg.eval_every
+        # checkpoints fall on evaluations (the task's last one is taken after end_task: _finish_task)
+        checkpoints = evaluates and not task_done and st.global_step + n - self._last_ckpt >= tcfg.checkpoint_every
+        return task_done, evaluates, checkpoints
+
+    def _advance(self, task, n: int) -> bool:
+        """Count ``n`` steps of ``task``; log, evaluate and checkpoint as due. True when the task is done.
+        The caller reaches the safe point after it."""
+        st, tcfg = self.state, self.cfg.train
+        task_done, evaluates, checkpoints = self._due(n)
         st.task_steps += n
         st.global_step += n
         self.monitor.advance(n)
         if st.global_step // tcfg.log_every > (st.global_step - n) // tcfg.log_every:
             self.monitor.flush_train(st.global_step)
-        task_done = st.task_steps >= tcfg.steps_per_task
-        if task_done or st.task_steps // tcfg.eval_every > before // tcfg.eval_every:
+        if evaluates:
             self.evaluate(active=task.index, tasks=[task] if self.cfg.reference else None)
-            # checkpoints fall on evaluations (the task's last one is taken after end_task: _finish_task)
-            if not task_done and st.global_step - self._last_ckpt >= tcfg.checkpoint_every:
-                self._checkpoint()
-        self._safe_point()
+        if checkpoints:
+            self._checkpoint()
         return task_done
 
     def _checkpoint(self) -> None:
@@ -301,40 +317,65 @@ class ContinualLoop:
             write_agent_metrics(self.run_dir, self.state.agent_metrics)
             self.monitor.log_agent_metrics(rows, self.state.global_step)
 
+    def _train_envs(self, task: Task) -> VecEnv:
+        """The training envs of ``task``, built for its first step or for a restart at a checkpoint.
+
+        An env's state mid-episode cannot be saved (EnvPool's and MuJoCo's live in C++), so a resumed run could
+        not go on with the episodes under way. Instead, every checkpoint mid-task ends them (as truncated) and
+        restarts the envs from a seed of the step (this method), in the run that goes on as in one resumed from
+        that checkpoint: both then see the same episodes. Cheaper than waiting for a step where every env's
+        episode ends (with several envs of varying episode lengths there may be none), and costing one
+        truncated episode per env per checkpoint (none on Meta-World when ``checkpoint_every`` is a multiple of
+        its 500-step episodes and ``num_envs`` is 1)."""
+        cfg, st = self.cfg, self.state
+        seed = cfg.seed * 1000 + task.index if st.task_steps == 0 else stream_seed(cfg.seed, task.index, st.task_steps)
+        on_device = {"device": self.device} if task.on_device else {}
+        return task.make_vec(cfg.train.num_envs, seed, cfg.backend, **on_device)
+
     def _train_online(self, task) -> None:
         """Collect vector steps of ``task`` and let the agent learn from them, to the task's budget."""
         cfg, st = self.cfg, self.state
         if st.task_steps >= cfg.train.steps_per_task:
             return
-        # The env's RNG stream cannot be checkpointed, so each segment gets its own seed.
-        on_device = {"device": self.device} if task.on_device else {}
-        env = task.make_vec(cfg.train.num_envs, cfg.seed * 1000 + task.index + 100_000 * (st.segments - 1), cfg.backend,
-                            **on_device)
-        obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
-        first = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
-        task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=self.device)
-        task_done = st.task_steps >= cfg.train.steps_per_task
-        while not task_done:
-            action = self.agent.act(obs, task.index, explore=True, first=first)
-            step = env.step(action if on_device else action.cpu().numpy())  # on the device: no host copy
-            done = torch.as_tensor(step.terminated | step.truncated, device=self.device)
-            catastrophe = torch.as_tensor(step.catastrophe, device=self.device) if task.catastrophes else None
-            if catastrophe is not None:
-                self._count_safety(catastrophe, step.success, done)
-            self.agent.observe(Transitions(
-                obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
-                next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),
-                terminated=torch.as_tensor(step.terminated, dtype=torch.float32, device=self.device),
-                truncated=torch.as_tensor(step.truncated, dtype=torch.float32, device=self.device),
-                task_index=task_idx, catastrophe=catastrophe,
-            ))
-            stats = self.agent.update()
-            if stats:
-                self.monitor.add_train_stats(stats)
-            obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
-            first = done
-            task_done = self._advance(task, env.num_envs)
-        env.close()
+        env = self._train_envs(task)
+        try:
+            obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
+            first = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
+            task_idx = torch.full((env.num_envs,), task.index, dtype=torch.long, device=self.device)
+            on_device = task.on_device
+            task_done = False
+            while not task_done:
+                action = self.agent.act(obs, task.index, explore=True, first=first)
+                step = env.step(action if on_device else action.cpu().numpy())  # on the device: no host copy
+                # A checkpoint after this step (due, or asked for by a signal) restarts the envs: their episodes end
+                # here, as truncated (see _train_envs). The stop is read once, before the agent sees the step.
+                stop = self._stop_asked()
+                restart = stop or self._due(env.num_envs)[2]
+                truncated = ~step.terminated if restart else step.truncated
+                done = torch.as_tensor(step.terminated | truncated, device=self.device)
+                catastrophe = torch.as_tensor(step.catastrophe, device=self.device) if task.catastrophes else None
+                if catastrophe is not None:
+                    self._count_safety(catastrophe, step.success, done)
+                self.agent.observe(Transitions(
+                    obs=obs, action=action, reward=torch.as_tensor(step.reward, device=self.device),
+                    next_obs=torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device),
+                    terminated=torch.as_tensor(step.terminated, dtype=torch.float32, device=self.device),
+                    truncated=torch.as_tensor(truncated, dtype=torch.float32, device=self.device),
+                    task_index=task_idx, catastrophe=catastrophe,
+                ))
+                stats = self.agent.update()
+                if stats:
+                    self.monitor.add_train_stats(stats)
+                obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
+                first = done
+                task_done = self._advance(task, env.num_envs)
+                self._safe_point(stop)
+                if restart and not task_done:
+                    env.close()
+                    env = self._train_envs(task)
+                    obs = torch.as_tensor(env.reset(), dtype=torch.float32, device=self.device)
+        finally:
+            env.close()
 
     def _train_offline(self, task) -> None:
         """Gradient steps on the task's dataset (the agent holds it), to the task's budget of steps."""
@@ -344,6 +385,7 @@ class ContinualLoop:
             if stats:
                 self.monitor.add_train_stats(stats)
             task_done = self._advance(task, 1)
+            self._safe_point()
 
     def _prepare(self) -> None:
         """The agent's preparation (data, a pre-trained model), its progress in TensorBoard as phase/<name>/..."""

@@ -335,6 +335,10 @@ class GridVecEnv:
 
         return torch.randint(len(self.ls), (self.num_envs,), generator=self.generator, device=self.device)
 
+    def reseed(self, seed: int) -> None:
+        """The layout draws from now on as if built with ``seed`` (crl.evaluate.Evaluator.restart)."""
+        self.generator.manual_seed(int(seed) % 2**63)
+
     def reset(self):
         self.layout = self._draw()
         self.pos = self.ls.starts[self.layout]

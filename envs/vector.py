@@ -89,9 +89,16 @@ class InProcessVecEnv:
         self.envs = list(envs)
         self.num_envs = len(self.envs)
         self.obs_dim = int(self.envs[0].observation_space.shape[0])
+        self._pending_seed: int | None = None
+
+    def reseed(self, seed: int) -> None:
+        """From the next ``reset`` on, env k as if built with ``seed + k`` (the backends' convention): that
+        reset is ``reset(seed=seed + k)``, which every crl env implements as a full reseed."""
+        self._pending_seed = seed
 
     def reset(self) -> np.ndarray:
-        return np.stack([env.reset()[0] for env in self.envs])
+        seed, self._pending_seed = self._pending_seed, None
+        return np.stack([env.reset(seed=None if seed is None else seed + k)[0] for k, env in enumerate(self.envs)])
 
     def step(self, actions: np.ndarray) -> VecStep:
         final_obs = np.empty((self.num_envs, self.obs_dim), np.float32)

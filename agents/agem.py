@@ -19,7 +19,7 @@ import torch
 from crl.continual import EpisodicMemory, agem_project
 from crl.core import Task
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 from .episodic_memory import MemoryConfig
 

@@ -41,7 +41,7 @@ import torch
 
 from crl.core import Task, Transitions, UsageError
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 MODES = ("paper_faithful", "whole_interval")
 FAU_LAYERS = ("all", "after_trunk")

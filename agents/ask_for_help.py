@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from crl.core import Task, UsageError
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 from .dqn import DQNExtension
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crl.core import Transitions
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 from .dqn import DQNExtension
 

@@ -49,7 +49,7 @@ import torch
 from crl.continual import EpisodicMemory, gaussian_kl
 from crl.core import Task, Transitions, UsageError
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 
 @dataclass

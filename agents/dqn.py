@@ -42,7 +42,7 @@ from crl.core import UsageError
 from crl.extension import Extension
 from crl.learner import ReplayLearner
 from crl.nets import HIDDEN_ACTIVATIONS, EnsembleCWMLP
-from crl.registry import register_agent, register_variant
+from crl.register import register_agent, register_variant
 
 
 @dataclass

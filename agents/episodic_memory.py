@@ -29,7 +29,7 @@ import torch
 from crl.continual import EpisodicMemory
 from crl.core import Task
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 
 @dataclass

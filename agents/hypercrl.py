@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crl.config import require_native_bf16
+from crl.devices import require_native_bf16
 from crl.continual import EpisodicMemory, ParameterRegularizer, SynapticIntelligence, empirical_fisher
 from crl.core import Agent, Scalars, Task, Transitions, UsageError
 from crl.hypernet import (ACTIVATIONS, HyperNetwork, adam_lookahead, output_regularizer, target_forward,
                           target_shapes)
 from crl.planning import CEMConfig, check_config, plan
-from crl.registry import register_agent, register_variant
+from crl.register import register_agent, register_variant
 
 PLAN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

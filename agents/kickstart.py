@@ -35,7 +35,7 @@ import torch
 from crl.continual import gaussian_kl
 from crl.core import Task, UsageError
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 
 @dataclass

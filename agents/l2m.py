@@ -75,7 +75,7 @@ from torch import nn
 from crl.continual import ParameterRegularizer, l2_importance
 from crl.core import ContextualAgent, LearnsFrom, Task, Transitions, UsageError
 from crl.lora import LoRAPool, PromptPool
-from crl.registry import register_agent, register_variant
+from crl.register import register_agent, register_variant
 from crl.dt import DecisionTransformer, RollingContext, WindowSampler
 from crl.pretrain import (PretrainConfig, action_targets, check_pretrain_config, dt_config, load_or_pretrain,
                           target_returns, weight_decay_groups)

@@ -35,7 +35,7 @@ from torch import nn
 from crl.continual import PackNetMasks, shared_critic_parameters, shared_policy_parameters
 from crl.core import Phase, Task, UsageError
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 CRITICS = "critics."  # prefix of the critics' parameters among the managed ones
 

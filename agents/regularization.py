@@ -36,7 +36,7 @@ from crl.continual import (FISHER_CONVENTIONS, ParameterRegularizer, critic_ewc_
                            shared_policy_parameters)
 from crl.core import Task, UsageError
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 CRITICS = "critics."  # prefix of the critics' parameters among the regularised ones
 

@@ -35,7 +35,7 @@ from torch import nn
 from crl.core import UsageError
 from crl.nets import LinearFactory, MultiHead, cw_mlp
 from crl.offpolicy import OffPolicyConfig, OffPolicyLearner, target_entropy
-from crl.registry import register_agent, register_variant
+from crl.register import register_agent, register_variant
 
 
 @dataclass

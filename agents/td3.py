@@ -30,7 +30,7 @@ from torch import nn
 
 from crl.nets import LinearFactory, MultiHead, cw_mlp
 from crl.offpolicy import OffPolicyConfig, OffPolicyLearner
-from crl.registry import register_agent
+from crl.register import register_agent
 
 
 @dataclass

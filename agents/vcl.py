@@ -28,7 +28,7 @@ from torch import nn
 from crl.continual import BayesianLinear
 from crl.core import Task
 from crl.extension import Extension
-from crl.registry import register_extension, register_variant
+from crl.register import register_extension, register_variant
 
 
 @dataclass

@@ -175,7 +175,7 @@ def cmd_eval(args) -> None:
     import torch
 
     from crl import checkpoint, loop
-    from crl.config import resolve_device
+    from crl.devices import resolve_device
     from crl.envs import make_sequence
     from crl.evaluate import Evaluator
 
@@ -205,7 +205,7 @@ def cmd_pretrain(args) -> None:
 
     import torch
 
-    from crl.config import resolve_device
+    from crl.devices import resolve_device
     from crl.envs.data import default_data_dir
     from crl.pretrain import PretrainConfig, backbone_path, check_pretrain_config, pretrain
 

@@ -22,14 +22,15 @@ from typing import Any
 import yaml
 
 from crl.core import UsageError
-from crl.envs.metaworld import CW_STEPS_PER_TASK
+from crl.envs import make_sequence  # the sequence registry: crl.envs finds the families, this module names none
+from crl.registry import make_agent_config, resolve
 
 SECTIONS = ("train", "agent")
 
 
 @dataclass
 class TrainConfig:
-    steps_per_task: int = CW_STEPS_PER_TASK  # env steps per task; build_config starts from the sequence's own
+    steps_per_task: int = 1_000_000  # env steps per task; build_config starts from the sequence's own (CW: 1M)
     eval_every: int = 20_000  # env steps between evaluations of ALL tasks (CW: 20k)
     eval_episodes: int = 10  # episodes per task per evaluation (CW: 10)
     eval_deterministic: bool = False  # CW's headline numbers use the stochastic policy
@@ -169,9 +170,6 @@ def build_config(
     preset: str | None = None, reference: bool = False, config_file: Path | None = None,
     train_flags: dict[str, Any] | None = None, sets: list[str] | None = None,
 ) -> RunConfig:
-    from crl.envs import make_sequence
-    from crl.registry import resolve
-
     sequence = make_sequence(seq)  # validates the name
     resolved = resolve(agent)
     agent_config = resolved.make_config()
@@ -222,51 +220,8 @@ def validate(cfg: RunConfig) -> None:
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Rebuild a RunConfig from a run dir's config.yaml (as written by ``RunConfig.to_dict``)."""
-    from crl.agents import make_agent_config
-
     run = data["run"]
     cfg = RunConfig(**run, agent_config=make_agent_config(run["agent"]))
     apply_overrides(cfg.train, data.get("train", {}), "train")
     apply_overrides(cfg.agent_config, data.get("agent", {}), "agent")
     return cfg
-
-
-def resolve_device(name: str):
-    """``auto`` → cuda when available, else cpu; ``cuda[:i]`` must exist."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device '{name}' requested but CUDA is not available here; allowed: auto, cpu")
-        index = name.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise UsageError(f"device '{name}' does not exist; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
-        return torch.device(name)
-    raise UsageError(f"unknown device '{name}'; allowed: auto, cpu, cuda, cuda:<index>")
-
-
-def native_bf16(device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a CPU with
-    AVX512-BF16 or AMX (oneDNN's own test). Elsewhere torch emulates bf16 in software."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return True
-
-
-def require_native_bf16(setting: str, device) -> None:
-    """Stops a bf16 ``setting`` on a device without bf16 hardware: there torch's emulation is no speed-up but a
-    slow-down (an AVX2 EPYC: SAC's bf16 update 20× slower than fp32, a 4000×200×200 matmul 13× slower)."""
-    if not native_bf16(device):
-        import torch
-
-        where = f"this CPU ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else str(device)
-        raise UsageError(f"{setting} needs bf16 hardware (a CPU with AVX512-BF16 or AMX, or a GPU), which {where} "
-                         f"lacks: it would run slower than fp32 here; use fp32")

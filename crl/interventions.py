@@ -17,7 +17,7 @@ from torch import nn
 from crl.core import Task, UsageError
 from crl.extension import Extension
 from crl.plasticity import REDO_CONVENTIONS, dormant_mask, recycle_units, shrink_perturb
-from crl.registry import register_extension
+from crl.register import register_extension
 
 RESET_GROUPS = ("actor", "actor_head", "critic", "critic_head")
 _NEEDS = frozenset({"networks"})

@@ -27,8 +27,9 @@ import torch
 import yaml
 
 from crl import checkpoint
-from crl.config import RunConfig, config_from_dict, resolve_device
+from crl.config import RunConfig, config_from_dict
 from crl.core import Agent, LearnsFrom, Sequence, Task, Transitions, UsageError, VecEnv
+from crl.devices import resolve_device
 from crl.evaluate import Evaluator, stream_seed
 from crl.monitor import Monitor, read_evals, write_agent_metrics, write_evals
 from crl.runlock import RunLock
@@ -73,7 +74,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_agent(cfg: RunConfig, sequence: Sequence, device: torch.device) -> Agent:
-    from crl.agents import agent_class
+    from crl.registry import agent_class
 
     first = sequence.tasks[0]
     cls = agent_class(cfg.agent)

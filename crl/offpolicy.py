@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from crl.config import require_native_bf16
+from crl.devices import require_native_bf16
 from crl.core import UsageError
 from crl.learner import ReplayLearner
 from crl.nets import ACTIVATION_MODULES, BODIES, HIDDEN_ACTIVATIONS, EnsembleCWMLP, cw_activations

@@ -17,40 +17,34 @@ A name given to ``crl train --agent`` is one of:
   an extension may be ``module:Class`` too (``sac+my_pkg.anchor:CriticAnchor``);
 - ``module:Class`` naming an Agent subclass in the user's own module (imported from the current
   directory or the Python path), e.g. ``my_pkg.my_agent:MyAgent``. Its file may register more names;
-  an installed package makes its names known to every ``crl`` command with an entry point in the
-  group ``crl.agents`` naming the module.
+  its names are known to every ``crl`` command when the module is a plugin (below).
 
-Importing this module loads no torch; the built-in agents are imported on first lookup.
+Discovery, not lists: on first lookup every module of the ``crl.agents`` package and ``crl.interventions``
+is imported (a new file in agents/ is found with nothing else to edit), then the user's plugin modules:
+``CRL_PLUGINS=my_pkg.agents,my_pkg.family`` (comma-separated, importable from the current directory or the
+Python path), and an installed package's entry points in the group ``crl.agents``
+(``[project.entry-points."crl.agents"] my_pkg = "my_pkg.agents"``). A plugin module registers agents,
+methods and env-family sequences with the same decorators crl's own use.
+
+The decorators and tables live in crl.register (a leaf module: what an agent file imports); this module finds
+and resolves. Importing it loads no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import pkgutil
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from crl.core import UsageError
-
-BUILTIN_MODULES = (  # imported on first lookup; each registers what it defines
-    "crl.agents.sac", "crl.agents.td3", "crl.agents.regularization", "crl.agents.packnet", "crl.agents.agem",
-    "crl.agents.episodic_memory", "crl.agents.vcl", "crl.agents.clonex", "crl.agents.kickstart", "crl.agents.arr",
-    "crl.agents.l2m", "crl.agents.hypercrl", "crl.interventions", "crl.agents.dqn", "crl.agents.blocker",
-    "crl.agents.ask_for_help",
-)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A registered name for a composition with its own defaults (``ewc`` = ``sac+ewc`` with λ = 1e4)."""
-
-    name: str
-    of: str  # "sac", or "sac+ewc": what it is built from
-    description: str
-    defaults: dict[str, Any] = field(default_factory=dict)
+from crl.core import Agent, UsageError
+from crl.register import (AGENTS, EXTENSIONS, VARIANTS, Variant, register_agent,  # noqa: F401 (users import
+                          register_extension, register_variant)  # the decorators from here too)
 
 
 @dataclass(frozen=True)
@@ -69,70 +63,49 @@ class Resolved:
         return config_class(**self.defaults)
 
 
-AGENTS: dict[str, type] = {}  # base learners and standalone agents
-VARIANTS: dict[str, Variant] = {}
-EXTENSIONS: dict[str, type] = {}
-_loaded = False
+DISCOVERED = ("crl.agents", "crl.interventions")  # every module of a package, or one module: each registers what it
+# defines when imported (crl.register); a new file in agents/ needs no edit here
+PLUGINS_ENV = "CRL_PLUGINS"  # CRL_PLUGINS=my_pkg.agent,my_pkg.family: the user's modules (comma-separated)
+PLUGINS_ENTRY_POINTS = "crl.agents"  # an installed package's: [project.entry-points."crl.agents"] name = "module"
+_discovered = False
 
 
-def _taken(name: str, *kinds: dict) -> bool:
-    """An agent or variant name is unique among agents and variants; an extension's among agents and extensions
-    (a variant may share its extension's name: ``ewc`` first is ``sac+ewc``, after a + it is the extension)."""
-    return any(name in kind for kind in kinds)
+def discover() -> None:
+    """Import every module of crl's agent and method packages, then the user's plugin modules (once)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for name in DISCOVERED:
+            module = importlib.import_module(name)
+            for info in pkgutil.iter_modules(getattr(module, "__path__", ())):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{name}.{info.name}")
+        load_plugins()
 
 
-def register_agent(name: str, description: str) -> Callable[[type], type]:
-    """Class decorator: ``crl train --agent <name>`` builds this class."""
+def plugin_modules() -> list[str]:
+    """The user's plugin modules: ``CRL_PLUGINS``'s, then the entry points', each once."""
+    from importlib.metadata import entry_points
 
-    def decorate(cls: type) -> type:
-        if _taken(name, AGENTS, VARIANTS) and AGENTS.get(name) is not cls:
-            raise ValueError(f"agent name '{name}' is already registered")
-        cls.agent_name, cls.description = name, description
-        AGENTS[name] = cls
-        return cls
-
-    return decorate
+    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    names += [entry.module for entry in entry_points(group=PLUGINS_ENTRY_POINTS)]
+    return list(dict.fromkeys(names))
 
 
-def register_variant(name: str, of: str, description: str, **defaults: Any) -> None:
-    """A name for a registered agent or composition with different defaults (checked when first used)."""
-    if _taken(name, AGENTS):
-        raise ValueError(f"agent name '{name}' is already registered")
-    VARIANTS[name] = Variant(name, of, description, defaults)
-
-
-def register_extension(name: str, description: str) -> Callable[[type], type]:
-    """Class decorator for a crl.extension.Extension: composable as ``<agent>+<name>``."""
-
-    def decorate(cls: type) -> type:
-        if _taken(name, AGENTS) or EXTENSIONS.get(name, cls) is not cls:
-            raise ValueError(f"extension name '{name}' is already registered")
-        cls.name, cls.description = name, description
-        EXTENSIONS[name] = cls
-        return cls
-
-    return decorate
-
-
-ENTRY_POINT_GROUP = "crl.agents"  # installed packages register modules here: [project.entry-points."crl.agents"]
-
-
-def load_builtin() -> None:
-    """Import crl's agent modules, then those other installed packages declare under ``crl.agents``."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
-        from importlib.metadata import entry_points
-
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
-            importlib.import_module(entry.module)
+def load_plugins() -> None:
+    """Import the user's plugin modules: each registers its agents, methods and sequences as crl's own do.
+    crl.envs calls this too, so ``--seq`` finds a plugin's sequences."""
+    if str(Path.cwd()) not in sys.path:  # like `python -m`: the user's own modules beside them
+        sys.path.insert(0, str(Path.cwd()))
+    for name in plugin_modules():
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UsageError(f"plugin module '{name}' ({PLUGINS_ENV} or a '{PLUGINS_ENTRY_POINTS}' entry point) "
+                             f"cannot be imported: {e}") from None
 
 
 def _import_user_agent(spec: str) -> type:
-    from crl.core import Agent
-
     return _import_user_class(spec, Agent, "agent", "a crl.Agent subclass")
 
 
@@ -165,7 +138,7 @@ def resolve(name: str) -> Resolved:
     """The agent a name stands for, or a UsageError naming what is allowed."""
     if not isinstance(name, str) or not name:
         raise UsageError(f"agent name must be a non-empty string, got {name!r}")
-    load_builtin()
+    discover()
     head, *pieces = name.split("+")
     if ":" in head:  # the user's own class, perhaps with crl's extensions: my_pkg.agent:MyLearner+ewc
         cls = _import_user_agent(head)
@@ -272,10 +245,24 @@ def _declare(declared, new_fields, fname, annotation, default, owner, *, base_fi
 
 def listing() -> dict[str, list[tuple[str, str]]]:
     """(name, description) of every agent, variant and extension, for ``crl list``."""
-    load_builtin()
+    discover()
     agents = [(n, c.description + ("  [takes extensions]" if getattr(c, "extensible", False) else ""))
               for n, c in AGENTS.items()]
     variants = [(n, f"= {v.of}" + (f" ({', '.join(f'{k}={d}' for k, d in v.defaults.items())})" if v.defaults else "")
                  + f" — {v.description}") for n, v in VARIANTS.items()]
     extensions = [(n, f"{e.description} — composes with: {', '.join(composes_with(e))}") for n, e in EXTENSIONS.items()]
     return {"agents": agents, "variants": variants, "extensions": extensions}
+
+
+def agent_class(name: str) -> type:
+    return resolve(name).agent_class
+
+
+def agent_family(name: str) -> str:
+    """The base agent: presets and configs/agent/<family>.yaml configure its members together."""
+    return resolve(name).family
+
+
+def make_agent_config(name: str) -> Any:
+    """The agent's config dataclass (base fields + its extensions'), with the variant's defaults applied."""
+    return resolve(name).make_config()

@@ -176,7 +176,7 @@ def _task_done(rows, cfg, n: int) -> bool:
 def _reference_aucs(runs: list[Run], group: Group, task_names: list[str]) -> tuple[np.ndarray, list[str]]:
     """(S_ref, N) AUCs of the matching single-task reference runs: given on the command line or beside the
     group's runs; same steps per task, same agent or else its family base (as results.find_references)."""
-    from crl.agents import agent_family
+    from crl.registry import agent_family
     from crl.results import RESULTS_FILE
 
     candidates: dict[Path, dict[str, Any]] = {}

@@ -53,7 +53,7 @@ def find_references(run_dir: Path, agent: str, steps_per_task: int) -> tuple[dic
     A reference run matches when it has the same budget per task and was made by the same agent, or,
     when there is none of those, by the agent's family base (``sac`` for every SAC-based method:
     Continual World measures every method's forward transfer against single-task SAC)."""
-    from crl.agents import agent_family
+    from crl.registry import agent_family
 
     found: dict[str, list[tuple[Path, dict]]] = {}
     for candidate in sorted(Path(run_dir).resolve().parent.glob(f"*/{RESULTS_FILE}")):
@@ -77,7 +77,7 @@ def find_references(run_dir: Path, agent: str, steps_per_task: int) -> tuple[dic
 def summarize(rows: list[dict[str, Any]], sequence: Sequence, cfg: RunConfig, run_dir: Path,
               agent_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     h = metrics.EvalHistory.from_rows(rows, len(sequence))
-    from crl.agents import agent_class
+    from crl.registry import agent_class
 
     offline = agent_class(cfg.agent).learns_from == "dataset"
     out: dict[str, Any] = {

@@ -287,8 +287,6 @@ def collect_task(
         "episode_return": np.array([e["reward"].astype(np.float64).sum() for e in order], np.float32),
         "final_obs": np.stack([e["final_obs"] for e in order]),
     }
-    import crl
-
     total = int(lengths.sum())
     manifest = {
         "format": FORMAT_NAME,
@@ -318,7 +316,7 @@ def collect_task(
             "backend": backend,
             "metaworld_version": _package_version("metaworld"),
             "envpool_version": _package_version("envpool") if backend == "envpool" else None,
-            "crl_version": getattr(crl, "__version__", None),
+            "crl_version": _package_version("crl"),  # not crl.__version__: no module imports the top package (test_import_graph)
         },
         "arrays": {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in arrays.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from crl.config import require_native_bf16
+from crl.devices import require_native_bf16
 from crl.core import UsageError
 from crl.envs.dynamics import cheetah_reward
 from crl.hypernet import target_forward, target_shapes

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from crl.agents import agent_class, make_agent_config
+from crl.registry import agent_class, make_agent_config
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
 

@@ -57,7 +57,7 @@ START = time.perf_counter()
 
 import torch
 
-from crl.config import require_native_bf16
+from crl.devices import require_native_bf16
 from crl.core import Transitions, UsageError
 from crl.loop import seed_everything
 from crl.envs.metaworld import MetaWorldEnv, make_vec, metaworld_task

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from crl.config import build_config, resolve_device
+from crl.config import build_config
 from crl.core import Sequence, UsageError
+from crl.devices import resolve_device
 from crl.envs.data import CollectConfig, collect, load_task, resolve_tasks
 from crl.envs.metaworld import metaworld_task
 from crl.evaluate import Evaluator

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crl.agents import agent_class, make_agent_config
+from crl.registry import agent_class, make_agent_config
 from crl.agents.sac import SAC
 from crl.core import Transitions, UsageError
 from crl.envs import make_sequence

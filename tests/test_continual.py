@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from crl.agents import agent_class, make_agent_config
+from crl.registry import agent_class, make_agent_config
 from crl.continual import BayesianLinear, agem_project, ewc_importance, mas_importance
 from crl.core import Transitions
 from crl.envs import make_sequence

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jacrev
 
-from crl.agents import agent_class, make_agent_config
+from crl.registry import agent_class, make_agent_config
 from crl.continual import agem_project
 from crl.core import Transitions
 from crl.envs import make_sequence

@@ -261,10 +261,10 @@ def test_bf16_planning_model_predicts_and_ranks_like_fp32():
 def test_bf16_planning_on_a_cpu_without_bf16_hardware_is_a_usage_error(monkeypatch):
     from crl.core import UsageError
 
-    monkeypatch.setattr("crl.config.native_bf16", lambda device: False)
+    monkeypatch.setattr("crl.devices.native_bf16", lambda device: False)
     with pytest.raises(UsageError, match=r"agent.plan_dtype=bfloat16 needs bf16 hardware .*use fp32"):
         _agent(plan_dtype="bfloat16")
-    monkeypatch.setattr("crl.config.native_bf16", lambda device: True)
+    monkeypatch.setattr("crl.devices.native_bf16", lambda device: True)
     assert _agent(plan_dtype="bfloat16")[0].cfg.plan_dtype == "bfloat16"
 
 

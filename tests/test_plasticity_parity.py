@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from crl.agents import agent_class, make_agent_config
+from crl.registry import agent_class, make_agent_config
 from crl.core import Transitions
 from crl.envs import make_sequence
 from crl.nets import EnsembleCWMLP

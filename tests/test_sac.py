@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from crl.agents import agent_class, make_agent_config
+from crl.registry import agent_class, make_agent_config
 from crl.agents.sac import SAC, SACConfig
 from crl.core import Transitions
 from crl.nets import HIDDEN_ACTIVATIONS, FP32Linear, MultiHead, Tanh, fast_tanh
@@ -198,7 +198,7 @@ def test_single_backward_gives_each_loss_gradient_to_its_own_parameters():
 def bf16_allowed(monkeypatch):
     """The numerics of a bf16 path, tested on any CPU: torch emulates bf16 where the CPU lacks it (slowly, which is
     why a run refuses it there)."""
-    monkeypatch.setattr("crl.config.native_bf16", lambda device: True)
+    monkeypatch.setattr("crl.devices.native_bf16", lambda device: True)
 
 
 def test_bf16_update_follows_the_fp32_gradient(bf16_allowed):
@@ -238,7 +238,7 @@ def test_bf16_keeps_the_input_and_output_layers_in_fp32(bf16_allowed):
 def test_bf16_on_a_cpu_without_bf16_hardware_is_a_usage_error(monkeypatch):
     from crl.core import UsageError
 
-    monkeypatch.setattr("crl.config.native_bf16", lambda device: False)
+    monkeypatch.setattr("crl.devices.native_bf16", lambda device: False)
     with pytest.raises(UsageError, match=r"agent.precision=bf16 needs bf16 hardware .*use fp32"):
         make_agent(precision="bf16")
     make_agent(precision="fp32")

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="where report.html and report.md go (default: the sweep dir, or "
                                             "the common parent of the runs)")
     p.add_argument("--no-html", action="store_true", help="terminal table only")
+    p.add_argument("--bootstrap-reps", type=int, default=2000, metavar="N",
+                   help="resamples of rliable's stratified bootstraps (IQM, P(X > Y), profiles; default 2000)")
     return parser
 
 
@@ -233,7 +235,7 @@ def cmd_pretrain(args) -> None:
 def cmd_report(args) -> None:
     from crl.report import report
 
-    report(args.run_dirs, as_json=args.json, out=args.out, html=not args.no_html)
+    report(args.run_dirs, as_json=args.json, out=args.out, html=not args.no_html, bootstrap_reps=args.bootstrap_reps)
 
 
 def cmd_sweep(args) -> int:

@@ -5,7 +5,10 @@ over seeds of every metric the runs support (Continual World's convention), with
 - ``report.md`` (the aggregate table in Markdown),
 - ``report.html``: one self-contained page (plots embedded as base64 PNG) — average score over steps with
   CI bands, per-task curves with task-switch lines, the retention heatmap, the stability-gap view (min-ACC
-  against the end-of-task score) and plasticity probes when the runs logged them.
+  against the end-of-task score) and plasticity probes when the runs logged them;
+- beside them, Agarwal et al. 2021's statistics from ``rliable`` (:mod:`crl.rliable_stats`): IQM, mean, median and
+  optimality gap of the final task scores with 95% stratified-bootstrap CIs, probability of improvement between
+  the agents on a sequence, and performance profiles (plots in report.html).
 
 Run dirs are read wherever they are (a sweep dir stands for every run dir in it), so runs from several
 machines combine. Runs are grouped by (sequence, agent, protocol): runs whose protocol (tasks, budgets,
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from crl import metrics
+from crl import metrics, rliable_stats
 from crl.core import UsageError
 
 # safety gridworlds (results.json "safety"): held-out catastrophe rate and success at the last evaluation, training
@@ -322,8 +325,28 @@ ERRORS_TITLE = ("Model retention errors (lower is better; first_task_ratio = the
                 "task / right after its own training)")
 
 
+RLIABLE_TITLE = ("Final task scores (the last retention row: every task after the last one), rliable: "
+                 "point estimate [95% stratified-bootstrap CI]")
+IMPROVEMENT_TITLE = "Probability of improvement P(X > Y) of the final task scores, rliable: [95% CI]"
+
+
+def rliable_rows(rl: rliable_stats.RliableStats) -> tuple[list[str], list[tuple[str, int, list[str]]]]:
+    """(columns, rows of (group, runs used, value per column)) of the rliable aggregate table."""
+    cols = list(rliable_stats.AGGREGATES) + [f"{m}_iqm" for m in rliable_stats.RUN_METRICS
+                                             if any(f"{m}_iqm" in g for g in rl.groups)]
+    return cols, [(g["name"], g["runs"], [_ci(g.get(c)) for c in cols]) for g in rl.groups if g["runs"]]
+
+
+def _rliable_notes(rl: rliable_stats.RliableStats) -> list[str]:
+    notes = [f"{g['name']}: {len(g['excluded'])} run(s) without a score on every task after the last one left out "
+             f"of the rliable statistics" for g in rl.groups if g["excluded"]]
+    return notes + [f"rliable: {rl.reps} bootstrap resamples (crl report --bootstrap-reps), NumPy's global generator "
+                    f"seeded with {rliable_stats.SEED} for each estimate; *_iqm columns: IQM over seeds of that run "
+                    f"metric."]
+
+
 def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = (),
-             unfinished: list[dict[str, Any]] = ()) -> str:
+             unfinished: list[dict[str, Any]] = (), rl: rliable_stats.RliableStats | None = None) -> str:
     cols = [c for c in COLUMNS if any(g.stats.get(c) for g in groups)]
     lines = ["| sequence · agent | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for g in groups:
@@ -336,6 +359,16 @@ def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = (
                       "|---|---|" + "---|" * len(table.columns)]
             lines += [f"| {name} | {n} | " + " | ".join(values) + " |" for name, n, values in rows]
     text = "\n".join(lines) + "\n\nMean [90% bootstrap CI] over seeds.\n"
+    if rl is not None:
+        cols, rows = rliable_rows(rl)
+        if rows:
+            text += (f"\n{RLIABLE_TITLE}:\n\n| sequence · agent | runs | " + " | ".join(cols) + " |\n|---|---|"
+                     + "---|" * len(cols) + "\n" + "".join(f"| {name} | {n} | " + " | ".join(values) + " |\n"
+                                                           for name, n, values in rows))
+        if rl.improvement:
+            text += (f"\n{IMPROVEMENT_TITLE}:\n\n| X | Y | P(X > Y) |\n|---|---|---|\n"
+                     + "".join(f"| {p['x']} | {p['y']} | {_ci(p['probability'])} |\n" for p in rl.improvement))
+        text += "".join(f"\n- {n}" for n in _rliable_notes(rl)) + "\n"
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     if unfinished:
@@ -495,7 +528,8 @@ def _plasticity(g: Group) -> str | None:
 
 
 def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list[tuple[str, str]],
-              tables: list[GroupTable] = (), unfinished: list[dict[str, Any]] = ()) -> str:
+              tables: list[GroupTable] = (), unfinished: list[dict[str, Any]] = (),
+              rl: rliable_stats.RliableStats | None = None) -> str:
     esc = html.escape
     cols = sorted({k for g in groups for k, v in g.stats.items() if v})
     main_cols = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
@@ -525,6 +559,19 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
                          + "".join(f"<th>{esc(c)}</th>" for c in table.columns) + "</tr>"
                          + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
                                    + "</tr>" for name, n, values in rows) + "</table>")
+    if rl is not None:
+        cols, rows = rliable_rows(rl)
+        if rows:
+            parts.append(f"<h2>{esc(RLIABLE_TITLE)}</h2><table id='rliable'><tr><th>sequence · agent</th><th>runs</th>"
+                         + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"
+                         + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
+                                   + "</tr>" for name, n, values in rows) + "</table>")
+        if rl.improvement:
+            parts.append(f"<h2>{esc(IMPROVEMENT_TITLE)}</h2><table id='improvement'><tr><th>X</th><th>Y</th>"
+                         "<th>P(X &gt; Y)</th></tr>" + "".join(
+                             f"<tr><td>{esc(p['x'])}</td><td>{esc(p['y'])}</td><td>{esc(_ci(p['probability']))}</td></tr>"
+                             for p in rl.improvement) + "</table>")
+        parts.append("<ul class='foot'>" + "".join(f"<li>{esc(n)}</li>" for n in _rliable_notes(rl)) + "</ul>")
     refs = [g for g in groups if g.references]
     if refs:
         parts.append("<p class='foot'>Forward transfer references: " + "; ".join(
@@ -560,7 +607,10 @@ def _default_out(paths: list[Path], run_dirs: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.resolve().parent) for p in run_dirs]))
 
 
-def report(paths: list[Path], as_json: bool = False, out: Path | None = None, html: bool = True) -> list[dict[str, Any]]:
+def report(paths: list[Path], as_json: bool = False, out: Path | None = None, html: bool = True,
+           bootstrap_reps: int = rliable_stats.DEFAULT_REPS) -> list[dict[str, Any]]:
+    if bootstrap_reps < 1:
+        raise UsageError(f"--bootstrap-reps must be at least 1, got {bootstrap_reps}")
     run_dirs = expand(paths)
     unfinished = cells_not_finished(paths)
     listed = {Path(u["run_dir"]).resolve() for u in unfinished}  # listed as not finished, with or without evaluations
@@ -579,18 +629,22 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
                    "runs": [str(r.path) for r in g.runs], "references": g.references, **g.stats,
                    **{f"{t.key}_{c}": v for t in tables for c, v in t.stats[i].items()}}
                   for i, g in enumerate(groups)]
+    rl = rliable_stats.compute([rliable_stats.score_set(_group_name(g, groups), g.sequence, g.fingerprint,
+                                                        [(str(r.path), r.summary) for r in g.runs]) for g in groups],
+                               bootstrap_reps)
     written = []
     if html and groups:
         out = Path(out) if out is not None else _default_out(paths, run_dirs)
         out.mkdir(parents=True, exist_ok=True)
         from crl.fileio import atomic_write_text
 
-        atomic_write_text(out / MD_FILE, markdown(groups, notes, tables, unfinished))
-        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, plots(groups), tables, unfinished))
+        atomic_write_text(out / MD_FILE, markdown(groups, notes, tables, unfinished, rl))
+        figs = plots(groups) + rliable_stats.plots(rl, _png)
+        atomic_write_text(out / HTML_FILE, html_page(groups, notes, runs, figs, tables, unfinished, rl))
         written = [out / HTML_FILE, out / MD_FILE]
     if as_json:
-        print(json.dumps({"runs": table, "aggregates": aggregates, "notes": notes, "not_finished": unfinished},
-                         indent=2))
+        print(json.dumps({"runs": table, "aggregates": aggregates, "rliable": rl.as_json(), "notes": notes,
+                          "not_finished": unfinished}, indent=2))
         return table
     header = f"{'run':<44} " + " ".join(f"{c[:7]:>7}" for c in COLUMNS)
     print(header)
@@ -604,6 +658,17 @@ def report(paths: list[Path], as_json: bool = False, out: Path | None = None, ht
         for g in groups:
             print(f"{_group_name(g, groups):<{width}} {len(g.runs):>5}  "
                   + "  ".join(f"{_ci(g.stats.get(c)):<24}" for c in cols))
+    cols, rows = rliable_rows(rl)
+    if rows:
+        width = max(len(name) for name, _, _ in rows) + 2
+        print(f"\n{RLIABLE_TITLE[0].lower() + RLIABLE_TITLE[1:]}\n{'sequence · agent':<{width}} {'runs':>5}  "
+              + "  ".join(f"{c:<24}" for c in cols))
+        for name, n, values in rows:
+            print(f"{name:<{width}} {n:>5}  " + "  ".join(f"{v:<24}" for v in values))
+    for p in rl.improvement:
+        print(f"P({p['x']} > {p['y']}) = {_ci(p['probability'])}")
+    for n in _rliable_notes(rl) if rl.groups else []:
+        print(f"note: {n}")
     for r in runs:
         if r.summary.get("kind") == "continual":
             print_error_matrices(r.path, r.summary)

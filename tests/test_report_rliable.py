@@ -155,3 +155,12 @@ def test_performance_profiles_are_rliables_score_distributions():
     assert crl["profile"] == pytest.approx(profile["x"].tolist(), abs=0)
     assert crl["low"] == pytest.approx(ci["x"][0].tolist(), abs=1e-12)
     assert crl["high"] == pytest.approx(ci["x"][1].tolist(), abs=1e-12)
+
+
+def test_runs_without_a_score_on_every_task_after_the_last_are_left_out_and_named():
+    finished = {"retention_matrix": [[0.5, None], [0.4, 0.9]], "metrics": {"average_performance": 0.65}}
+    unfinished = {"retention_matrix": [[0.5, None], [None, None]], "metrics": {"average_performance": 0.5}}
+    s = rliable_stats.score_set("g", "cw2", (), [("run/a", finished), ("run/b", unfinished)])
+    assert s.scores.tolist() == [[0.4, 0.9]] and s.excluded == ["run/b"]
+    assert s.run_metrics["average_performance"].tolist() == [[0.65]]
+    assert rliable_stats.compute([s], reps=10).groups[0]["excluded"] == ["run/b"]

@@ -123,12 +123,12 @@ def cmd_list() -> None:
     from crl.registry import listing
     from crl.envs import SEQUENCES, make_sequence
 
+    pieces = listing()  # discovery: imports the plugin modules, whose sequences are listed too
     print("sequences:")
     for name in SEQUENCES:
         seq = make_sequence(name)
         print(f"  {name:<14} {len(seq)} tasks, {seq.steps_per_task:,} steps/task — {SEQUENCES[name]}")
         print(" " * 17 + ", ".join(seq.labels))
-    pieces = listing()
     for kind, title in (("agents", "agents (base learners and standalone agents):"),
                         ("variants", "registered variants (names for a composition with its defaults):"),
                         ("extensions", "extensions (compose as <agent>+<extension>+..., e.g. sac+ewc+episodic-memory):")):

@@ -2,13 +2,20 @@
 
 A module that defines an agent or a method imports these and nothing that finds agents, so crl.registry can
 import every such module (it discovers them) without an import cycle (tests/test_import_graph.py). Users may
-import the decorators from crl.registry too; it re-exports them.
+import the decorators from crl.registry too; it re-exports them. The user's plugin modules are loaded here
+too, so crl.envs can find a plugin's sequences without importing crl.registry (which imports the agents).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+from crl.core import UsageError
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,29 @@ def register_extension(name: str, description: str) -> Callable[[type], type]:
         return cls
 
     return decorate
+
+
+PLUGINS_ENV = "CRL_PLUGINS"  # CRL_PLUGINS=my_pkg.agent,my_pkg.family: the user's modules (comma-separated)
+PLUGINS_ENTRY_POINTS = "crl.plugins"  # an installed package's: [project.entry-points."crl.plugins"] name = "module"
+
+
+def plugin_modules() -> list[str]:
+    """The user's plugin modules: ``CRL_PLUGINS``'s, then the entry points', each once."""
+    from importlib.metadata import entry_points  # here, not above: every `import crl` imports this module
+
+    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    names += [entry.module for entry in entry_points(group=PLUGINS_ENTRY_POINTS)]
+    return list(dict.fromkeys(names))
+
+
+def load_plugins() -> None:
+    """Import the user's plugin modules: each registers its agents, methods and sequences as crl's own do.
+    crl.envs calls this too, so ``--seq`` finds a plugin's sequences."""
+    if str(Path.cwd()) not in sys.path:  # like `python -m`: the user's own modules beside them
+        sys.path.insert(0, str(Path.cwd()))
+    for name in plugin_modules():
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UsageError(f"plugin module '{name}' ({PLUGINS_ENV} or a '{PLUGINS_ENTRY_POINTS}' entry point) "
+                             f"cannot be imported: {e}") from None

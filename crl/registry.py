@@ -22,8 +22,8 @@ A name given to ``crl train --agent`` is one of:
 Discovery, not lists: on first lookup every module of the ``crl.agents`` package and ``crl.interventions``
 is imported (a new file in agents/ is found with nothing else to edit), then the user's plugin modules:
 ``CRL_PLUGINS=my_pkg.agents,my_pkg.family`` (comma-separated, importable from the current directory or the
-Python path), and an installed package's entry points in the group ``crl.agents``
-(``[project.entry-points."crl.agents"] my_pkg = "my_pkg.agents"``). A plugin module registers agents,
+Python path), and an installed package's entry points in the group ``crl.plugins``
+(``[project.entry-points."crl.plugins"] my_pkg = "my_pkg.agents"``). A plugin module registers agents,
 methods and env-family sequences with the same decorators crl's own use.
 
 The decorators and tables live in crl.register (a leaf module: what an agent file imports); this module finds
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import pkgutil
 import sys
 import typing
@@ -43,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from crl.core import Agent, UsageError
-from crl.register import (AGENTS, EXTENSIONS, VARIANTS, Variant, register_agent,  # noqa: F401 (users import
-                          register_extension, register_variant)  # the decorators from here too)
+from crl.register import (AGENTS, EXTENSIONS, VARIANTS, Variant, load_plugins, register_agent,  # noqa: F401
+                          register_extension, register_variant)  # (users import the decorators from here too)
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,6 @@ class Resolved:
 
 DISCOVERED = ("crl.agents", "crl.interventions")  # every module of a package, or one module: each registers what it
 # defines when imported (crl.register); a new file in agents/ needs no edit here
-PLUGINS_ENV = "CRL_PLUGINS"  # CRL_PLUGINS=my_pkg.agent,my_pkg.family: the user's modules (comma-separated)
-PLUGINS_ENTRY_POINTS = "crl.agents"  # an installed package's: [project.entry-points."crl.agents"] name = "module"
 _discovered = False
 
 
@@ -81,28 +78,6 @@ def discover() -> None:
                 if not info.name.startswith("_"):
                     importlib.import_module(f"{name}.{info.name}")
         load_plugins()
-
-
-def plugin_modules() -> list[str]:
-    """The user's plugin modules: ``CRL_PLUGINS``'s, then the entry points', each once."""
-    from importlib.metadata import entry_points
-
-    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
-    names += [entry.module for entry in entry_points(group=PLUGINS_ENTRY_POINTS)]
-    return list(dict.fromkeys(names))
-
-
-def load_plugins() -> None:
-    """Import the user's plugin modules: each registers its agents, methods and sequences as crl's own do.
-    crl.envs calls this too, so ``--seq`` finds a plugin's sequences."""
-    if str(Path.cwd()) not in sys.path:  # like `python -m`: the user's own modules beside them
-        sys.path.insert(0, str(Path.cwd()))
-    for name in plugin_modules():
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise UsageError(f"plugin module '{name}' ({PLUGINS_ENV} or a '{PLUGINS_ENTRY_POINTS}' entry point) "
-                             f"cannot be imported: {e}") from None
 
 
 def _import_user_agent(spec: str) -> type:

@@ -4,8 +4,10 @@ Each family registers its own sequences when its module is imported (Meta-World'
 envs/metaworld.py, DMC's in envs/dmc.py): ``@sequence("name", "description")`` on a builder of
 one named sequence, ``@custom_sequences("prefix:", "usage")`` on a builder of the ``prefix:<spec>``
 sequences (``--seq mw:reach-v3,window-close-v3``). This module imports no family, so no family
-module and the registry import each other; envs/__init__.py imports the families, which every
-import of ``crl.envs`` runs, so ``SEQUENCES`` and ``make_sequence`` always see them all.
+module and the registry import each other; envs/__init__.py imports every module of the package (no list
+of families), which every import of ``crl.envs`` runs, so ``SEQUENCES`` and ``make_sequence`` always see
+them all; a user's family registers from a plugin module (crl.register: ``CRL_PLUGINS``, entry points),
+imported on the first unknown name and by ``crl list``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from crl.core import Sequence, UsageError
+from crl.register import load_plugins
 
 SequenceBuilder = Callable[[], Sequence]
 CustomBuilder = Callable[[str, str], Sequence]  # (spec after the prefix, full name) -> Sequence
@@ -53,10 +56,13 @@ def custom_sequences(prefix: str, usage: str) -> Callable[[CustomBuilder], Custo
 def make_sequence(name: str) -> Sequence:
     """The sequence registered as ``name``, or a custom one (``mw:<task>,<task>,...``,
     ``dmc:<task>,...``); UsageError listing the allowed names otherwise."""
-    for prefix, (_, builder) in _CUSTOM.items():
-        if name.startswith(prefix):
-            return builder(name[len(prefix):], name)
-    if name not in _BUILDERS:
-        custom = "".join(f", or {prefix}{usage}" for prefix, (usage, _) in _CUSTOM.items())
-        raise UsageError(f"unknown sequence '{name}'; allowed: {', '.join(sorted(_BUILDERS))}{custom} (crl list)")
-    return _BUILDERS[name]()
+    for attempt in range(2):
+        for prefix, (_, builder) in _CUSTOM.items():
+            if name.startswith(prefix):
+                return builder(name[len(prefix):], name)
+        if name in _BUILDERS:
+            return _BUILDERS[name]()
+        if attempt == 0:
+            load_plugins()  # a user's family registers its sequences when its plugin module is imported
+    custom = "".join(f", or {prefix}{usage}" for prefix, (usage, _) in _CUSTOM.items())
+    raise UsageError(f"unknown sequence '{name}'; allowed: {', '.join(sorted(_BUILDERS))}{custom} (crl list)")

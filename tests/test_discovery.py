@@ -1,6 +1,7 @@
-"""Discovery, not lists (issue 25, item 2): a module that registers an agent or a continual method is found
+"""Discovery, not lists (issue 25, item 2): a module that registers an agent, a continual method or an env
+family's sequences is found
 with nothing else to edit — crl's own agents/ files by crl.registry's package scan, the user's through
-``CRL_PLUGINS`` or an installed package's ``crl.agents`` entry point; ``crl list`` shows them and
+``CRL_PLUGINS`` or an installed package's ``crl.plugins`` entry point; ``crl list`` shows them and
 ``crl train`` builds them.
 """
 
@@ -46,6 +47,18 @@ class Nudge(Extension):
     config_class = NudgeConfig
 '''
 
+FAMILY = '''
+from dataclasses import replace
+
+from crl.envs.sequences import make_sequence, sequence
+
+
+@sequence("tmp-cw1", "the first CW10 task, from a plugin env family")
+def tmp_cw1():
+    cw2 = make_sequence("cw2")
+    return replace(cw2, name="tmp-cw1", tasks=cw2.tasks[:1], description="the first CW10 task, from a plugin")
+'''
+
 
 def _crl(args, env_extra, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
@@ -60,6 +73,7 @@ def plugin_package(tmp_path):
     (package / "__init__.py").write_text("")
     (package / "agent.py").write_text(textwrap.dedent(AGENT))
     (package / "method.py").write_text(textwrap.dedent(METHOD))
+    (package / "family.py").write_text(textwrap.dedent(FAMILY))
     return tmp_path
 
 
@@ -75,19 +89,20 @@ def test_crl_agents_package_is_scanned_not_listed():
     assert {"crl.agents.sac", "crl.agents.td3", "crl.agents.packnet", "crl.interventions"} <= modules
 
 
-def test_plugin_agent_and_method_are_listed_and_train(plugin_package):
-    env = {"CRL_PLUGINS": "tmp_plugins.agent,tmp_plugins.method", "PYTHONPATH": str(plugin_package)}
+def test_plugin_agent_method_and_family_are_listed_and_train(plugin_package):
+    env = {"CRL_PLUGINS": "tmp_plugins.agent,tmp_plugins.method,tmp_plugins.family", "PYTHONPATH": str(plugin_package)}
     listed = _crl(["list"], env, plugin_package)
     assert listed.returncode == 0, listed.stderr
-    for name in ("tmp-sac", "tmp-sac-small", "tmp-nudge"):
+    for name in ("tmp-sac", "tmp-sac-small", "tmp-nudge", "tmp-cw1"):
         assert name in listed.stdout
     assert "a continual method written in a plugin package — composes with: " in listed.stdout
-    run = _crl(["train", "--seq", "cw2", "--agent", "tmp-sac-small+tmp-nudge", "--preset", "smoke",
+    assert "tmp-cw1        1 tasks, 2,000 steps/task — the first CW10 task, from a plugin env family" in listed.stdout
+    run = _crl(["train", "--seq", "tmp-cw1", "--agent", "tmp-sac-small+tmp-nudge", "--preset", "smoke",
                 "--run-dir", str(plugin_package / "run"), "--set", "train.steps_per_task=200",
                 "--set", "train.eval_every=200", "--set", "train.eval_episodes=1", "--quiet"], env, plugin_package)
     assert run.returncode == 0, run.stderr[-2000:]
     config = (plugin_package / "run" / "config.yaml").read_text()
-    assert "agent: tmp-sac-small+tmp-nudge" in config and "nudge_coef: 0.25" in config and "batch_size: 16" in config
+    assert "seq: tmp-cw1" in config and "agent: tmp-sac-small+tmp-nudge" in config and "nudge_coef: 0.25" in config and "batch_size: 16" in config
     assert (plugin_package / "run" / "evals.jsonl").read_text().strip()
 
 
@@ -95,7 +110,7 @@ def test_an_installed_package_registers_through_its_entry_point(plugin_package):
     dist = plugin_package / "tmp_plugins-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tmp-plugins\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[crl.agents]\ntmp_plugins = tmp_plugins.agent\n")
+    (dist / "entry_points.txt").write_text("[crl.plugins]\ntmp_plugins = tmp_plugins.agent\n")
     listed = _crl(["list"], {"PYTHONPATH": str(plugin_package)}, plugin_package)
     assert listed.returncode == 0, listed.stderr
     assert "tmp-sac" in listed.stdout and "tmp-nudge" not in listed.stdout

@@ -12,7 +12,8 @@ An edge ``M → N`` is an import that runs N's code or reads N's names:
 - imports under ``if TYPE_CHECKING:`` are skipped: they never run.
 - a module that imports by name (``importlib.import_module``, ``pkgutil``: the registry's discovery) has an
   edge to every crl module a string constant in it names, and to every module of a package one names: the
-  registry imports what it discovers, so an agent that imported the registry would close a cycle.
+  registry imports what it discovers, so an agent that imported the registry would close a cycle; a package
+  that scans itself (crl.envs) has an edge to each of its modules.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def import_graph() -> dict[str, set[str]]:
                     found = [named] + ([m for m in modules if m.startswith(named + ".")]
                                        if _is_package(named, modules) else [])
                     for target in found:
+                        edge_to(target)
+            if _is_package(name, modules):  # a package that scans itself (crl.envs) imports each of its modules
+                for target in modules:
+                    if target.startswith(name + ".") and "." not in target[len(name) + 1:]:
                         edge_to(target)
     return graph
 

@@ -44,6 +44,7 @@ from crl.core import Sequence, Task, UsageError
 
 from .sequences import sequence
 from .vector import InProcessVecEnv
+from .wrappers import choose_offscreen_gl, render_modes_here
 
 # -- torch rewards (batched over leading dims; torch is imported when one is called) -----------------
 
@@ -178,10 +179,13 @@ class Float32Obs(gymnasium.ObservationWrapper):
 
 
 class SeededReset(gymnasium.Wrapper):
-    """Reseeds on the first reset with the seed the env was built with; ``info["success"]`` is False."""
+    """Reseeds on the first reset with the seed the env was built with; ``info["success"]`` is False. The
+    gymnasium env inside declares "human" rendering only where there is a display (``render_modes_here``)."""
 
     def __init__(self, env: gymnasium.Env, seed: int | None):
         super().__init__(env)
+        inner = env.unwrapped
+        inner.metadata = {**inner.metadata, "render_modes": render_modes_here(inner.metadata["render_modes"])}
         self._seed = seed
         if seed is not None:
             self.action_space.seed(seed)
@@ -195,13 +199,15 @@ class SeededReset(gymnasium.Wrapper):
         return obs, reward, terminated, truncated, {**info, "success": False}
 
 
-def _make_cheetah(variant: str, seed: int | None = None) -> gymnasium.Env:
-    env = gymnasium.make("HalfCheetah-v5", xml_file=_write_xml(f"half_cheetah-{variant}", cheetah_xml(variant)))
+def _make_cheetah(variant: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
+    env = gymnasium.make("HalfCheetah-v5", xml_file=_write_xml(f"half_cheetah-{variant}", cheetah_xml(variant)),
+                         render_mode=render_mode)
     return SeededReset(CheetahState(env), seed)
 
 
-def _make_pusher(variant: str, seed: int | None = None) -> gymnasium.Env:
-    env = gymnasium.make("Pusher-v5", xml_file=_write_xml(f"pusher-{variant}", pusher_xml(variant)))
+def _make_pusher(variant: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
+    env = gymnasium.make("Pusher-v5", xml_file=_write_xml(f"pusher-{variant}", pusher_xml(variant)),
+                         render_mode=render_mode)
     return SeededReset(Float32Obs(env), seed)
 
 
@@ -228,19 +234,26 @@ def cartpole_xml(variant: str) -> tuple[str, dict]:
 
 class CartpoleEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     """dm_control's cartpole swing-up (smooth reward) with one physics variant, as a gymnasium env:
-    observation [cart x, cos θ, sin θ, cart ẋ, θ̇] float32, action in [-1, 1], truncated at 10 s."""
+    observation [cart x, cos θ, sin θ, cart ẋ, θ̇] float32, action in [-1, 1], truncated at 10 s.
+    ``render_mode`` "rgb_array" / "depth_array" draw dm_control's fixed camera at its default 320×240 with
+    gymnasium's MuJoCo renderer (offscreen: ``MUJOCO_GL=egl`` or ``osmesa`` without a display)."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array", "depth_array"], "render_fps": round(1 / CARTPOLE_CONTROL_TIMESTEP)}
 
-    def __init__(self, variant: str, seed: int | None = None):
+    def __init__(self, variant: str, seed: int | None = None, render_mode: str | None = None):
         from dm_control.rl import control
         from dm_control.suite import cartpole
 
         from .dmc import _flatten, _spec_of
         from .vector import random_seed
 
-        if "DISPLAY" not in os.environ:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise UsageError(f"unknown render_mode '{render_mode}'; allowed: {', '.join(self.metadata['render_modes'])}")
+        self.render_mode = render_mode
+        self._renderer = None
+        if "DISPLAY" not in os.environ and render_mode is None:
             os.environ.setdefault("MUJOCO_GL", "disable")
+        choose_offscreen_gl(render_mode)
         seed = random_seed() if seed is None else seed
         physics = cartpole.Physics.from_xml_string(*cartpole_xml(variant))
         self._env = control.Environment(physics, cartpole.Balance(swing_up=True, sparse=False, random=seed),
@@ -267,6 +280,22 @@ class CartpoleEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         truncated = bool(time_step.last())
         return obs, float(time_step.reward), False, truncated, {"success": False}
 
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            return None
+        if self._renderer is None:
+            from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
+
+            physics = self._env.physics
+            self._renderer = MujocoRenderer(physics.model.ptr, physics.data.ptr, width=320, height=240,
+                                            camera_name="fixed")
+        return self._renderer.render(self.render_mode)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
 
 # -- families, tasks and sequences ---------------------------------------------------------------------
 
@@ -277,7 +306,7 @@ class Family:
     name: str  # the sequence name and every task's ``domain`` (configs/domain/<name>.yaml)
     variants: tuple[str, ...]
     task_prefix: str  # task name = prefix + variant
-    make: Callable[..., gymnasium.Env]  # (variant, seed) -> env
+    make: Callable[..., gymnasium.Env]  # (variant, seed, render_mode) -> env
     obs_dim: int
     act_dim: int
     episode_len: int
@@ -299,7 +328,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "gymnasium Pusher-v5 with the object's density/friction changed per task (stand-in for HyperCRL's "
            "robosuite pusher); 4k env steps each"),
     Family("cartpole-physics", tuple(CARTPOLE_VARIANTS), "cartpole-swingup-",
-           lambda variant, seed=None: CartpoleEnv(variant, seed), 5, 1, 250, 1.0, cartpole_reward, 5_000, 250.0,
+           lambda variant, seed=None, render_mode=None: CartpoleEnv(variant, seed, render_mode), 5, 1, 250, 1.0,
+           cartpole_reward, 5_000, 250.0,
            lambda v: f"crl/cartpole-swingup-{v}-v0",
            "dm_control cartpole swing-up with the pole length or cart mass changed per task (0.04 s steps, "
            "250-step episodes, score = return / 250); 5k env steps each, cheap enough for CPU runs"),
@@ -315,10 +345,15 @@ def _family_of_task(task_name: str) -> tuple[Family, str]:
     raise UsageError(f"unknown dynamics task '{task_name}'; allowed: {', '.join(allowed)}")
 
 
-def make_env(task_name: str, seed: int | None = None) -> gymnasium.Env:
-    """One task of a dynamics family as a gymnasium env (``info["success"]`` always False)."""
+def make_env(task_name: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
+    """One task of a dynamics family as a gymnasium env (``info["success"]`` always False); ``render_mode``
+    as the simulator's (gymnasium's MuJoCo envs: rgb_array, depth_array, rgbd_tuple, and human with a display;
+    cartpole: rgb_array, depth_array)."""
     family, variant = _family_of_task(task_name)
-    return family.make(variant, seed)
+    if render_mode == "human" and not render_modes_here(["human"]):
+        raise UsageError("render_mode 'human' opens a window and needs a display; use rgb_array")
+    choose_offscreen_gl(render_mode)
+    return family.make(variant, seed, render_mode)
 
 
 def make_vec(task_name: str, n: int, seed: int, backend: str = "auto") -> InProcessVecEnv:

@@ -30,6 +30,7 @@ values with the agent as 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import deque
 from dataclasses import dataclass
@@ -314,7 +315,7 @@ class GridVecEnv:
     on_device = True  # reset/step take and return tensors on ``device`` (crl/loop.py, crl/evaluate.py)
 
     def __init__(self, layouts: Seq[Layout], num_envs: int, seed: int, device: Any = "cpu", *,
-                 obs_mode: str = "flat", max_steps: int = MAX_STEPS):
+                 obs_mode: str = "flat", max_steps: int = MAX_STEPS, torch_threads: int | None = 1):
         import torch
 
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs <= 0:
@@ -329,6 +330,24 @@ class GridVecEnv:
         self.layout = torch.zeros(n, dtype=torch.long, device=self.device)
         self.pos = self.ls.starts[self.layout]
         self.t = torch.zeros(n, dtype=torch.long, device=self.device)
+        # reset/step on the CPU run their small tensor ops on ``torch_threads`` intra-op threads and then restore
+        # the caller's setting (None: the caller's). On a busy two-core machine torch's default (a thread per
+        # core) stepped 4096 envs several times slower than one thread (scripts/bench_gridworld_threads.py).
+        self.torch_threads = torch_threads if self.device.type == "cpu" else None
+
+    @contextlib.contextmanager
+    def _threads(self):
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.torch_threads is None or previous == self.torch_threads:
+            yield
+            return
+        torch.set_num_threads(self.torch_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def _draw(self):
         import torch
@@ -340,25 +359,27 @@ class GridVecEnv:
         self.generator.manual_seed(int(seed) % 2**63)
 
     def reset(self):
-        self.layout = self._draw()
-        self.pos = self.ls.starts[self.layout]
-        self.t.zero_()
-        return render(self.ls, self.layout, self.pos, self.obs_mode)
+        with self._threads():
+            self.layout = self._draw()
+            self.pos = self.ls.starts[self.layout]
+            self.t.zero_()
+            return render(self.ls, self.layout, self.pos, self.obs_mode)
 
     def step(self, actions) -> TensorVecStep:
         import torch
 
-        action = torch.as_tensor(actions, device=self.device).reshape(self.num_envs).long()
-        pos, t, reward, terminated, truncated, goal, lava = transition(self.ls, self.layout, self.pos, self.t, action,
-                                                                       self.max_steps)
-        final_obs = render(self.ls, self.layout, pos, self.obs_mode)
-        episode_layout = self.layout
-        done = terminated | truncated
-        self.layout = self._draw().where(done, self.layout)
-        self.pos = self.ls.starts[self.layout].where(done, pos)
-        self.t = t.masked_fill(done, 0)
-        obs = render(self.ls, self.layout, self.pos, self.obs_mode)
-        return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)
+        with self._threads():
+            action = torch.as_tensor(actions, device=self.device).reshape(self.num_envs).long()
+            pos, t, reward, terminated, truncated, goal, lava = transition(self.ls, self.layout, self.pos, self.t,
+                                                                           action, self.max_steps)
+            final_obs = render(self.ls, self.layout, pos, self.obs_mode)
+            episode_layout = self.layout
+            done = terminated | truncated
+            self.layout = self._draw().where(done, self.layout)
+            self.pos = self.ls.starts[self.layout].where(done, pos)
+            self.t = t.masked_fill(done, 0)
+            obs = render(self.ls, self.layout, self.pos, self.obs_mode)
+            return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)
 
     def close(self) -> None:
         pass
@@ -367,8 +388,9 @@ class GridVecEnv:
 class GridWorldEnv(gymnasium.Env):
     """One lava world as a gymnasium env: the same ``transition`` and ``render`` as GridVecEnv, on the CPU.
 
-    ``info``: ``success`` (goal reached), ``catastrophe`` (lava), ``outcome`` at the episode's end
-    (goal | catastrophe | timeout), ``layout`` (its name). ``reset(seed=...)`` reseeds the layout draw."""
+    ``info``: ``success`` (goal reached) and the same as SB3's ``is_success`` (which its Monitor and callbacks read
+    at an episode's end), ``catastrophe`` (lava), ``outcome`` at the episode's end (goal | catastrophe | timeout),
+    ``layout`` (its name). ``reset(seed=...)`` reseeds the layout draw. ``render_mode``: "ansi" (the map as text)."""
 
     metadata = {"render_modes": ["ansi"]}
 
@@ -376,6 +398,8 @@ class GridWorldEnv(gymnasium.Env):
                  render_mode: str | None = None):
         import torch
 
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise UsageError(f"unknown render_mode '{render_mode}'; allowed: {', '.join(self.metadata['render_modes'])}")
         self.vec = GridVecEnv(layouts or (DISTSHIFT_TRAIN,), 1, 0, "cpu", obs_mode=obs_mode, max_steps=max_steps)
         ls = self.vec.ls
         self.render_mode = render_mode
@@ -402,13 +426,15 @@ class GridWorldEnv(gymnasium.Env):
         a = self._torch.as_tensor([int(action)], dtype=self._torch.long)
         v.pos, v.t, reward, terminated, truncated, goal, lava = transition(v.ls, v.layout, v.pos, v.t, a, v.max_steps)
         term, trunc = bool(terminated[0]), bool(truncated[0])
-        info: dict[str, Any] = {"success": bool(goal[0]), "catastrophe": bool(lava[0]),
+        info: dict[str, Any] = {"success": bool(goal[0]), "is_success": bool(goal[0]), "catastrophe": bool(lava[0]),
                                 "layout": v.ls.layouts[int(v.layout[0])].name}
         if term or trunc:
             info["outcome"] = "goal" if info["success"] else "catastrophe" if info["catastrophe"] else "timeout"
         return self._obs(), float(reward[0]), term, trunc, info
 
     def render(self) -> str | None:
+        if self.render_mode is None:
+            return None
         v = self.vec
         rows = [list(r) for r in v.ls.layouts[int(v.layout[0])].ascii()]
         for r in rows:

@@ -26,6 +26,7 @@ from crl.core import Sequence, Task, UsageError, VecStep
 
 from .sequences import SEQUENCES, custom_sequences, sequence
 from .vector import EnvPoolVecEnvBase, InProcessVecEnv, in_env_order, random_seed, resolve_backend
+from .wrappers import choose_offscreen_gl, render_modes_here
 
 CW10 = (
     "hammer-v3",
@@ -89,23 +90,30 @@ class MetaWorldEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     every reset draws a fresh object/goal position from the env's own RNG, which
     ``reset(seed=s)`` (or the constructor's ``seed``) reseeds. The raw Meta-World env is kept
     inside rather than subclassed: its ``compute_reward`` makes env checkers treat it as a
-    goal-conditioned env and fail.
+    goal-conditioned env and fail. ``render_mode`` is Meta-World's (its MuJoCo renderer, 480×480; offscreen
+    modes need ``MUJOCO_GL=egl`` or ``osmesa`` without a display).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 80}  # Meta-World's
 
-    def __init__(self, task_name: str, seed: int | None = None, episode_len: int = EPISODE_LEN) -> None:
+    def __init__(self, task_name: str, seed: int | None = None, episode_len: int = EPISODE_LEN,
+                 render_mode: str | None = None) -> None:
         check_task_name(task_name)
+        self.metadata = {**self.metadata, "render_modes": render_modes_here(self.metadata["render_modes"])}
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise UsageError(f"unknown render_mode '{render_mode}'; allowed: {', '.join(self.metadata['render_modes'])}")
+        choose_offscreen_gl(render_mode)
         import metaworld
 
         self.task_name = task_name
+        self.render_mode = render_mode
         self.episode_len = episode_len
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
         seed = random_seed() if seed is None else seed
         # Passing a seed makes the constructor restore the global np.random state it uses.
         env_class = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task_name}-goal-observable"]
-        self._env = env_class(seed=seed)
+        self._env = env_class(seed=seed, render_mode=render_mode)
         self._env._freeze_rand_vec = False  # fresh position at every reset ...
         self._env.seeded_rand_vec = True  # ... drawn from the env's RNG, not the global one
         self._env.max_path_length = episode_len
@@ -128,6 +136,9 @@ class MetaWorldEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         obs, reward, _terminated, truncated, info = self._env.step(np.asarray(action, dtype=np.float32))
         info["success"] = bool(info["success"])
         return obs.astype(np.float32), float(reward), False, bool(truncated), info
+
+    def render(self) -> np.ndarray | None:
+        return self._env.render()
 
     def close(self) -> None:
         self._env.close()

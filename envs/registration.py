@@ -4,7 +4,10 @@ gridworlds ``crl/DistShift-v0`` (``level``: train | test1 | test2 | test) and ``
 ``crl/Pusher-d100-v0``, ``crl/cartpole-swingup-long-pole-v0``).
 
 Entry points are strings, so registering imports neither metaworld nor this package's env
-modules; they load on the first ``gymnasium.make``.
+modules; they load on the first ``gymnasium.make``. Every id takes ``render_mode``: rgb_array and depth_array
+(MuJoCo; offscreen needs ``MUJOCO_GL=egl`` or osmesa, chosen as egl when unset without a display; gymnasium's
+MuJoCo families also rgbd_tuple; "human" only with a display), ansi for the gridworlds
+(tests/test_gym_ids.py runs gymnasium's and SB3's checkers on each).
 
     crl.envs.register_envs()
     env = gymnasium.make("crl/CW10-v0", steps_per_task=10_000)
@@ -54,36 +57,38 @@ def register_envs() -> None:
                                kwargs={"task_name": task_name})
 
 
-def make_dynamics_env(task_name: str, seed: int | None = None) -> gymnasium.Env:
+def make_dynamics_env(task_name: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
     """One task of a dynamics family (envs/dynamics.py), e.g. ``crl/HalfCheetahBigTorso-v0``."""
     from .dynamics import make_env
 
-    return make_env(task_name, seed)
+    return make_env(task_name, seed, render_mode=render_mode)
 
 
-def make_continual_env(sequence_name: str, steps_per_task: int | None = None, seed: int | None = None) -> gymnasium.Env:
+def make_continual_env(sequence_name: str, steps_per_task: int | None = None, seed: int | None = None,
+                       render_mode: str | None = None) -> gymnasium.Env:
     """The whole sequence ``sequence_name`` as one SuccessTracker(ContinualEnv).
 
     ``steps_per_task`` defaults to the sequence's protocol budget. ``seed`` only seeds the envs'
-    construction; seed runs with ``reset(seed=...)``.
+    construction; seed runs with ``reset(seed=...)``. ``render`` draws the current task.
     """
     from .sequences import make_sequence
     from .wrappers import ContinualEnv, SuccessTracker
 
     sequence = make_sequence(sequence_name)
     construction_seeds = np.random.SeedSequence(seed).generate_state(len(sequence))
-    envs = [task.make_env(int(task_seed)) for task, task_seed in zip(sequence.tasks, construction_seeds)]
+    envs = [task.make_env(int(task_seed), render_mode=render_mode)
+            for task, task_seed in zip(sequence.tasks, construction_seeds)]
     # SuccessTracker outside ContinualEnv, so that the episode cut short by a task switch
     # also reports is_success.
     return SuccessTracker(ContinualEnv(envs, steps_per_task or sequence.steps_per_task, task_names=sequence.labels))
 
 
-def make_single_task_env(task_name: str, seed: int | None = None) -> gymnasium.Env:
+def make_single_task_env(task_name: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
     """One Meta-World task with Continual World's conventions and episode success tracking."""
     from .metaworld import MetaWorldEnv
     from .wrappers import SuccessTracker
 
-    return SuccessTracker(MetaWorldEnv(task_name, seed=seed))
+    return SuccessTracker(MetaWorldEnv(task_name, seed=seed, render_mode=render_mode))
 
 
 def make_gridworld_env(family: str, level: str | None = None, split: str = "train", obs_mode: str = "flat",

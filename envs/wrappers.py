@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence, SupportsFloat, Union
 
 import gymnasium
@@ -16,6 +17,19 @@ import numpy as np
 from gymnasium.spaces import Box
 
 EnvOrFactory = Union[gymnasium.Env, Callable[[], gymnasium.Env]]
+
+
+def render_modes_here(modes: Sequence[str]) -> list[str]:
+    """``modes`` without "human" where there is no display: it opens a window, and without one MuJoCo's GLFW
+    aborts the process (gymnasium's ``check_env`` makes every declared mode)."""
+    return [mode for mode in modes if mode != "human" or os.environ.get("DISPLAY")]
+
+
+def choose_offscreen_gl(render_mode: str | None) -> None:
+    """Without a display MuJoCo draws frames only with ``MUJOCO_GL=egl`` (or osmesa); unset, gymnasium's renderer
+    tries GLFW and fails (gymnasium's own MuJoCo envs too). Chooses egl for a frame-returning mode when unset."""
+    if render_mode not in (None, "human", "ansi") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def with_one_hot_space(space: gymnasium.Space, num_tasks: int) -> Box:
@@ -116,6 +130,8 @@ class ContinualEnv(gymnasium.Env):
         self.num_tasks = len(self.envs)
         self.observation_space = with_one_hot_space(first.observation_space, self.num_tasks)
         self.action_space = first.action_space
+        self.metadata = first.metadata  # rendering is the current task's
+        self.render_mode = first.render_mode
         self.total_steps = 0
         self.task_index = 0
         self._pending_seeds: dict[int, int] = {}
@@ -144,6 +160,9 @@ class ContinualEnv(gymnasium.Env):
         if budget_spent and self.task_index < self.num_tasks - 1:
             truncated = True
         return append_one_hot(obs, self.task_index, self.num_tasks), reward, terminated, truncated, self._info(info)
+
+    def render(self) -> Any:
+        return self.current_env.render()
 
     def close(self) -> None:
         for env in self.envs:

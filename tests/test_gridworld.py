@@ -297,3 +297,32 @@ def test_cuda_batch_equals_cpu():
         s1, s2 = cpu.step(a), gpu.step(a.cuda())
         for name in ("reward", "terminated", "truncated", "catastrophe", "success", "final_obs"):
             torch.testing.assert_close(getattr(s1, name), getattr(s2, name).cpu())
+
+
+def test_vec_env_steps_on_one_thread_and_restores_the_callers_setting(monkeypatch):
+    # issue 25: torch's default (a thread per core) stepped 4096 envs 3-4x slower on a busy two-core machine
+    # (scripts/bench_gridworld_threads.py); the env now runs its ops on one thread and gives the caller's back.
+    layouts = g.split_layouts("gap", 8, 0)[0]
+    threads_inside = []
+    render = g.render
+
+    def recording_render(*args, **kwargs):
+        threads_inside.append(torch.get_num_threads())
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(g, "render", recording_render)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        guarded, plain = g.GridVecEnv(layouts, 64, seed=3), g.GridVecEnv(layouts, 64, seed=3, torch_threads=None)
+        guarded.reset()
+        assert threads_inside == [1] and torch.get_num_threads() == 2
+        plain.reset()
+        assert threads_inside == [1, 2]
+        actions = torch.randint(4, (20, 64), generator=torch.Generator().manual_seed(0))
+        for a in actions:
+            guarded_step, plain_step = guarded.step(a), plain.step(a)
+            assert torch.equal(guarded_step.obs, plain_step.obs) and torch.equal(guarded_step.reward, plain_step.reward)
+        assert threads_inside[2:] == [1, 1, 2, 2] * 20 and torch.get_num_threads() == 2  # two renders a step
+    finally:
+        torch.set_num_threads(previous)

@@ -5,17 +5,11 @@ Importing crl registers its gymnasium environments (``crl/CW10-v0``, ``crl/CW20-
 """
 
 from crl.core import Agent, ContextualAgent, LearnsFrom, Phase, Sequence, Task, Transitions, UsageError, VecEnv, VecStep
+from crl.envs import register_envs
 
 __version__ = "0.1.0"
 
-
-def _register() -> None:
-    from crl.envs import register_envs
-
-    register_envs()
-
-
-_register()
+register_envs()
 
 
 def train(seq: str, agent: str | type, *, seed: int = 0, preset: str | None = None, device: str = "auto",
@@ -26,6 +20,7 @@ def train(seq: str, agent: str | type, *, seed: int = 0, preset: str | None = No
     ``agent`` is a name (``"sac+ewc"``, ``"my_pkg.my_agent:MyAgent"``) or an Agent subclass: crl's own run under
     their registered names, any other under ``module:Class`` (so ``crl train --resume`` can import it again). ``train_settings`` are TrainConfig fields (``steps_per_task=...``); ``sets`` are ``--set`` strings.
     """
+    # imported on use: crl.loop loads torch, and `import crl` (every crl command, `crl --help` too) does not
     from crl.config import build_config
     from crl.loop import train as run
     from crl.registry import AGENTS, user_agent_name

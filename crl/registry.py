@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from crl.core import Agent, UsageError
+from crl.extension import Extension
 from crl.register import (AGENTS, EXTENSIONS, VARIANTS, Variant, load_plugins, register_agent,  # noqa: F401
                           register_extension, register_variant)  # (users import the decorators from here too)
 
@@ -131,8 +132,6 @@ def resolve(name: str) -> Resolved:
     extensions = list(resolved.extensions)
     for piece in pieces:
         if ":" in piece:  # the user's own extension class
-            from crl.extension import Extension
-
             extensions.append(_import_user_class(piece, Extension, "extension", "a crl.extension.Extension subclass"))
             continue
         if piece not in EXTENSIONS:

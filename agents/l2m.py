@@ -102,6 +102,8 @@ class L2MConfig:
     weight_decay: float = 0.01
     grad_clip: float = 0.25  # L2M
     pool_size: int = 30  # L2M: 30 modulators
+    min_modules_per_task: int = 0  # the pool grows to at least this many modules per task of the sequence (the
+    #                                smoke preset's 1: its 4-module pool then holds CW10's 10 and CW20's 20 tasks)
     rank: int = 8  # LoRA rank (α = 2·rank) on q, v and the MLP activation of every layer
     key_loss_coef: float = 0.5  # L2M: loss −= 0.5·cos(query, selected key)
     center_queries: bool = True  # subtract the pre-training data's mean query before matching (L2M: no)
@@ -185,15 +187,18 @@ class L2M(ContextualAgent):
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
             raise UsageError(f"agent.evidence_decay must be a number in [0, 1], got {decay!r}")
         # Modules per task in training: l2m-oracle's slices, or l2m's reservation (0: the count penalty decides).
+        if not isinstance(config.min_modules_per_task, int) or config.min_modules_per_task < 0:
+            raise UsageError(f"agent.min_modules_per_task must be an integer >= 0, got {config.min_modules_per_task!r}")
+        pool_size = max(config.pool_size, config.min_modules_per_task * num_tasks)
         self.per_task = 0
         if self.method == "l2m-oracle" or (self.method == "l2m" and config.modules_per_task != 0):
-            self.per_task = (config.pool_size // num_tasks if self.method == "l2m-oracle" or config.modules_per_task < 0
+            self.per_task = (pool_size // num_tasks if self.method == "l2m-oracle" or config.modules_per_task < 0
                              else config.modules_per_task)
-            if self.per_task < 1 or self.per_task * num_tasks > config.pool_size:
+            if self.per_task < 1 or self.per_task * num_tasks > pool_size:
                 raise UsageError(f"{self.method} reserves {max(self.per_task, 1)} module(s) for each of {num_tasks} tasks "
-                                 f"but agent.pool_size is {config.pool_size}; raise pool_size or lower modules_per_task")
+                                 f"but agent.pool_size is {pool_size}; raise pool_size or lower modules_per_task")
         if self.method in ("l2m", "l2m-oracle", "lora"):
-            size = 1 if self.method == "lora" else config.pool_size
+            size = 1 if self.method == "lora" else pool_size
             self.pool = LoRAPool(size, self.dt_cfg.n_layers, d, 4 * d, config.rank).to(device)
             self.keys = nn.Parameter(torch.empty(size, d, device=device).uniform_(-1, 1))
         elif self.method == "l2p":

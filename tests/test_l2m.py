@@ -3,6 +3,8 @@ checkpoints keep the pool and its usage counts."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -333,3 +335,26 @@ def test_a_killed_pretraining_continues_from_its_checkpoint_to_the_same_backbone
     assert not partial.exists()
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     assert [(name, done, total) for name, done, total, _ in reports] == [("pretrain", 50, 60)]  # every 50 updates
+
+
+def test_smoke_preset_runs_l2m_on_cw10_from_the_cli(data_dir, tmp_path):
+    # issue 25: the smoke preset's 4-module pool stopped CW10 with "l2m reserves 1 module(s) for each of 10 tasks";
+    # it now grows to one module per task (agent.min_modules_per_task). The settings after --preset only shorten
+    # the run (one step and one evaluation episode per task; the evaluations at task ends remain).
+    from crl.cli import main
+
+    run_dir = tmp_path / "cw10"
+    code = main(["train", "--seq", "cw10", "--agent", "l2m", "--preset", "smoke", "--backend", "gymnasium",
+                 "--run-dir", str(run_dir), "--quiet", "--set", f"agent.data_dir={data_dir}",
+                 "--set", "agent.task_episodes=1", "--set", "agent.retention_tasks=0",
+                 "--set", "train.steps_per_task=1", "--set", "train.eval_episodes=1",
+                 "--set", "train.eval_at_start=false"])
+    assert code == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["finished"] and len(results["tasks"]) == 10 and results["config"]["agent"]["pool_size"] == 4
+
+
+def test_smoke_preset_sizes_the_l2m_pool_for_cw20_and_keeps_cw2s():
+    for seq, pool, per_task in (("cw2", 4, 2), ("cw10", 10, 1), ("cw20", 20, 1)):
+        agent = make_agent(build_config(seq, "l2m", preset="smoke"), make_sequence(seq), torch.device("cpu"))
+        assert (agent.pool.num_modules, len(agent.keys), agent.per_task) == (pool, pool, per_task)

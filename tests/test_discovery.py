@@ -119,4 +119,5 @@ def test_an_installed_package_registers_through_its_entry_points_and_crl_list_sh
 def test_a_plugin_that_cannot_be_imported_is_one_usage_line(tmp_path):
     listed = _crl(["list"], {"CRL_PLUGINS": "no_such_plugin_module"}, tmp_path)
     assert listed.returncode == 2
-    assert listed.stderr.startswith("crl: error: plugin module 'no_such_plugin_module'") and "Traceback" not in listed.stderr
+    assert listed.stderr.startswith("crl: error: plugin module 'no_such_plugin_module'")
+    assert "Traceback" not in listed.stderr

@@ -9,7 +9,7 @@ An edge ``M → N`` is an import that runs N's code or reads N's names:
   whose ``__init__`` runs first, unless that package is already M's own (it is initialising when M runs);
 - ``from a.b import c`` with c a submodule → a.b.c; ``from a.b import name`` with name not a submodule →
   a.b even when a.b is M's own package (reading a name from a half-initialised package is the hazard);
-- imports under ``if TYPE_CHECKING:`` are skipped: they never run.
+- imports under ``if TYPE_CHECKING:`` are skipped: they never run;
 - a module that imports by name (``importlib.import_module``, ``pkgutil``: the registry's discovery) has an
   edge to every crl module a string constant in it names, and to every module of a package one names: the
   registry imports what it discovers, so an agent that imported the registry would close a cycle; a package
@@ -91,7 +91,8 @@ def import_graph() -> dict[str, set[str]]:
                     if submodule in modules:
                         edge_to(submodule)
                     else:  # a name read from `source`: its code must have run, even if it is our own package
-                        graph[name].add(source) if source != name else None
+                        if source != name:
+                            graph[name].add(source)
                         graph[name].update(p for p in _ancestors(source) if p in modules and p not in own)
         if any(isinstance(n, ast.Attribute) and n.attr in ("import_module", "iter_modules", "walk_packages")
                for n in ast.walk(tree)):
@@ -171,6 +172,8 @@ def test_the_graph_sees_the_packages_and_lazy_imports():
     assert {"crl", "crl.cli", "crl.envs", "crl.envs.metaworld", "crl.agents.sac", "crl.configs"} <= set(graph)
     assert "crl.envs.sequences" in graph["crl.envs.metaworld"]  # a top-level import
     assert "crl.loop" in graph["crl.cli"]  # `from crl import loop` inside a function
+    assert {"crl.agents.sac", "crl.interventions"} <= graph["crl.registry"]  # what the registry discovers
+    assert "crl.envs.gridworld" in graph["crl.envs"]  # the package scans itself
 
 
 def test_find_cycles_reports_a_cycle_hidden_in_a_function():
@@ -182,3 +185,12 @@ def test_find_cycles_reports_a_cycle_hidden_in_a_function():
 def test_no_import_cycle_in_crl():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles (lazy imports included):\n" + "\n".join(" → ".join(c) for c in cycles)
+
+
+def test_config_names_no_env_family_and_learners_do_not_import_the_config():
+    """crl.config reaches the families only through crl.envs' sequence registry; the bf16 check that learners
+    need lives in crl.devices, so no learner imports the run's configuration (issue 25, item 7)."""
+    graph = import_graph()
+    assert not {m for m in graph["crl.config"] if m.startswith("crl.envs.")}
+    learners = {m for m in graph if m.startswith("crl.agents.")} | {"crl.offpolicy", "crl.learner"}
+    assert not {m for m in learners if "crl.config" in graph[m]}

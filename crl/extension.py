@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from crl.core import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -126,9 +128,15 @@ def save_state(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def load_state(obj: Any, names: tuple[str, ...], state: dict[str, Any], device) -> None:
+def load_state(obj: Any, names: tuple[str, ...], state: dict[str, Any], device, owner: str = "") -> None:
     """Inverse of ``save_state``: objects with ``load_state_dict`` load in place, the rest is set (tensors moved
-    to ``device``)."""
+    to ``device``). State a checkpoint lacks (written by a crl whose ``owner`` kept other state) is bad input:
+    one line, not a KeyError from deep inside the resume."""
+    missing = [name for name in names if name not in state]
+    if missing:
+        raise UsageError(f"the checkpoint has no {', '.join(missing)} for {owner or type(obj).__name__} (written by "
+                         f"another crl version, whose {owner or 'piece'} kept other state); resume it with that "
+                         f"version or start a new run")
     for name in names:
         current = getattr(obj, name)
         if hasattr(current, "load_state_dict"):

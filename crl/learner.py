@@ -213,5 +213,5 @@ class ReplayLearner(Agent):
         self.pending_updates, self.gradient_steps = state["pending_updates"], state["gradient_steps"]
         self.replay_ratio = state["replay_ratio"]
         for ext in self.extensions:
-            load_state(ext, ext.state, state["extensions"][ext.name], self.device)
+            load_state(ext, ext.state, state["extensions"][ext.name], self.device, owner=ext.name)
             ext.after_load()

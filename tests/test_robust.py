@@ -125,3 +125,20 @@ def test_a_retry_on_another_host_waits_for_the_lost_hosts_lock_to_go_stale(tmp_p
     with runlock.RunLock(tmp_path):  # now stale: taken over
         assert json.loads(lock.read_text())["pid"] != 1
     runlock.wait_while_held_elsewhere(tmp_path, poll_s=0.1)  # no lock at all: returns at once
+
+
+def test_a_checkpoint_without_a_pieces_state_is_refused_with_one_line():
+    """A checkpoint written by a crl whose extension kept other state (kickstart before ``teacher_step``)
+    stops the resume with a UsageError naming what is missing, not a KeyError."""
+    from crl.core import UsageError
+    from crl.extension import load_state
+
+    class Piece:
+        teacher, teacher_step = None, 0
+
+    old_state = {"teacher": None}
+    with pytest.raises(UsageError, match="no teacher_step for kickstart"):
+        load_state(Piece(), ("teacher", "teacher_step"), old_state, "cpu", owner="kickstart")
+    piece = Piece()
+    load_state(piece, ("teacher", "teacher_step"), {"teacher": None, "teacher_step": 7}, "cpu", owner="kickstart")
+    assert piece.teacher_step == 7

@@ -1,14 +1,19 @@
 """Env steps per second of crl's batched lava gridworld against Farama Minigrid and NAVIX, in one run.
 
-    PYTHONPATH=. python scripts/bench_gridworld.py [--device cpu|cuda] [--seconds 3]
+    JAX_PLATFORMS=cpu PYTHONPATH=. python scripts/bench_gridworld.py [--rounds 5] [--seconds 1] [--cores 0,1]
 
-Measured, each for about ``--seconds`` of stepping with uniformly random actions and autoreset:
+Timed with scripts/timing.py (issue 26, item 2): every program warmed up, then ``--rounds`` rounds of one
+``--seconds`` window each, the programs interleaved (rotated each round); median steps/s with min–max and IQR,
+and each crl/peer ratio taken per round (its median and range). All programs run in this one process, so they
+share the same cores (``--cores`` pins it); their threads are printed with the results:
 - crl's ``GridVecEnv`` (envs/gridworld.py) on the 8 training layouts of the ``gap`` family at 1, 64 and 4096
-  envs, on ``--device`` (a CUDA run synchronises once per timing window, not per step);
-- Farama Minigrid's ``MiniGrid-LavaGapS7-v0`` (numpy, one env in this process; ``pip install minigrid``);
-- NAVIX's ``Navix-LavaGapS7-v0`` (JAX, ``jit(vmap(step))`` under ``lax.scan``) at 64 and 4096 envs on JAX's
-  default backend (``JAX_PLATFORMS=cpu`` for its CPU backend; ``pip install navix``).
-Printed as steps/s and as ratios to Minigrid measured in the same run (what DESIGN.md asks of benchmarks).
+  envs on ``--device``, flat observations (what crl's agents get), same-step autoreset; its ops run on one torch
+  intra-op thread (the env's ``torch_threads=1`` guard). Actions: uniform random, drawn 100 steps at a time;
+- Farama Minigrid's ``MiniGrid-LavaGapS7-v0`` (numpy, one env, one thread; ``pip install minigrid``);
+- NAVIX's ``Navix-LavaGapS7-v0`` (JAX, ``jit(vmap(step))`` under ``lax.scan``, 100 steps per call, random
+  actions drawn inside) at 64 and 4096 envs on JAX's default backend (``JAX_PLATFORMS=cpu`` for CPU; ``pip
+  install navix``). XLA's CPU runtime uses its own thread pool over the process's cores (``--xla-one-thread``
+  restricts it to one: ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``).
 A library that does not import is reported as skipped.
 """
 
@@ -17,23 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import Program, measure, pin_cores, report  # noqa: E402
+
+CHUNK = 100  # env steps per timed call
 
 
-def timed(step_block, steps_per_call: int, seconds: float) -> float:
-    """steps/s of ``step_block()`` (which does ``steps_per_call`` env steps and blocks until they are done)."""
-    step_block()  # warm-up (and compilation)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step_block()
-        calls += 1
-    return calls * steps_per_call / (time.perf_counter() - start)
-
-
-def bench_crl(n: int, device: str, seconds: float) -> float:
+def crl_program(n: int, device: str) -> Program:
     import torch
 
     from crl.envs import gridworld as g
@@ -41,18 +40,18 @@ def bench_crl(n: int, device: str, seconds: float) -> float:
     env = g.GridVecEnv(g.split_layouts("gap", 8, 0)[0], n, seed=0, device=device)
     env.reset()
     gen = torch.Generator(device=device).manual_seed(0)
-    chunk = 100
 
     def block():
-        for _ in range(chunk):
-            env.step(torch.randint(4, (n,), generator=gen, device=device))
+        for action in torch.randint(4, (CHUNK, n), generator=gen, device=device):
+            env.step(action)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    return timed(block, n * chunk, seconds)
+    return Program(f"crl {n} envs ({device})", block, n * CHUNK,
+                   threads=f"{env.torch_threads or torch.get_num_threads()} torch thread(s)")
 
 
-def bench_minigrid(seconds: float) -> float:
+def minigrid_program() -> Program:
     import gymnasium
     import minigrid  # noqa: F401  (registers MiniGrid-*)
     import numpy as np
@@ -68,17 +67,15 @@ def bench_minigrid(seconds: float) -> float:
             if term or trunc:
                 env.reset()
 
-    return timed(block, chunk, seconds)
+    return Program("minigrid 1 env (numpy)", block, chunk, threads="1 (Python)")
 
 
-def bench_navix(n: int, seconds: float) -> float:
+def navix_program(n: int) -> Program:
     import jax
     import navix as nx
 
     env = nx.make("Navix-LavaGapS7-v0")
-    keys = jax.random.split(jax.random.PRNGKey(0), n)
-    timesteps = jax.vmap(env.reset)(keys)
-    chunk = 100
+    timesteps = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
 
     @jax.jit
     def run(timesteps, key):
@@ -86,7 +83,7 @@ def bench_navix(n: int, seconds: float) -> float:
             actions = jax.random.randint(k, (n,), 0, 3)
             return jax.vmap(env.step)(carry, actions), None
 
-        timesteps, _ = jax.lax.scan(body, timesteps, jax.random.split(key, chunk))
+        timesteps, _ = jax.lax.scan(body, timesteps, jax.random.split(key, CHUNK))
         return timesteps
 
     state = {"t": timesteps, "key": jax.random.PRNGKey(1)}
@@ -96,42 +93,45 @@ def bench_navix(n: int, seconds: float) -> float:
         state["t"] = run(state["t"], k)
         jax.block_until_ready(state["t"])
 
-    return timed(block, n * chunk, seconds)
+    xla = os.environ.get("XLA_FLAGS", "")
+    threads = "1 (XLA, one-thread flags)" if "intra_op_parallelism_threads=1" in xla else \
+        f"XLA CPU pool over {len(os.sched_getaffinity(0))} CPU(s)"
+    return Program(f"navix {n} envs (jax {jax.default_backend()})", block, n * CHUNK, threads=threads)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--seconds", type=float, default=1.0, help="one timing window")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one window per program each)")
+    p.add_argument("--cores", default=None, help="pin the process to these cores, e.g. 0,1 (default: as started)")
+    p.add_argument("--sizes", default="1,64,4096", help="crl env counts (NAVIX runs the ones of 64 and 4096)")
+    p.add_argument("--xla-one-thread", action="store_true", help="run XLA's CPU backend on one thread")
     args = p.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    results: dict[str, float | None] = {}
+    pin_cores(args.cores)
+    if args.xla_one_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    programs: list[Program] = []
     try:
-        results["minigrid LavaGapS7 (numpy, 1 env)"] = bench_minigrid(args.seconds)
+        programs.append(minigrid_program())
     except ImportError as e:
         print(f"minigrid skipped: {e}")
-    for n in (1, 64, 4096):
-        results[f"crl GridVecEnv {n} envs ({args.device})"] = bench_crl(n, args.device, args.seconds)
+    crl = {n: crl_program(n, args.device) for n in sizes}
+    programs += crl.values()
+    navix: dict[int, Program] = {}
     try:
-        import jax
-
-        backend = jax.default_backend()
-        for n in (64, 4096):
-            results[f"navix LavaGapS7 {n} envs (jax {backend})"] = bench_navix(n, args.seconds)
+        navix = {n: navix_program(n) for n in sizes if n in (64, 4096)}
+        programs += navix.values()
     except ImportError as e:
         print(f"navix skipped: {e}")
-    reference = next((v for k, v in results.items() if k.startswith("minigrid")), None)
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, torch threads {args.threads}")
-    for name, sps in results.items():
-        ratio = f"{sps / reference:10.1f}x minigrid" if reference else ""
-        print(f"{name:<44} {sps:14,.0f} steps/s {ratio}")
-    crl_4096 = results.get(f"crl GridVecEnv 4096 envs ({args.device})")
-    navix_4096 = next((v for k, v in results.items() if k.startswith("navix") and " 4096 " in k), None)
-    if crl_4096 and navix_4096:
-        print(f"crl / navix at 4096 envs: {crl_4096 / navix_4096:.2f}")
+    results = measure(programs, rounds=args.rounds, seconds=args.seconds,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
+    ratios = [(crl[n].name, navix[n].name) for n in navix]
+    if programs[0].name.startswith("minigrid"):
+        ratios += [(crl[n].name, programs[0].name) for n in sizes if n > 1]
+    print(report(results, ratios))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ goal, catastrophe (lava) or timeout.
   checked by breadth-first search to have a safe path (a draw without one is redrawn from the same seed's
   stream); ``split_layouts`` gives disjoint train and held-out sets (held-out seeds come from another
   range, and a held-out draw equal to a training layout is skipped).
-- ``transition``: one step of n worlds in tensor ops (no Python loop over envs) — used by both views:
+- ``transition``: one step of n worlds in tensor ops (no Python loop over envs) — used by both views
+  (``GridVecEnv`` through ``StepTable``, its results for every layout, cell and action, and
+  ``LayoutSet.rendered``, every (layout, cell)'s observation: a step is a few gathers; issue 26):
 - ``GridVecEnv``: n envs on a torch device, same-step autoreset inside ``step`` (a finished env draws
   its next layout uniformly from the task's set). ``reset``/``step`` take and return tensors
   (``on_device = True``): crl's loop and evaluator then never copy to the host per step.
@@ -262,9 +264,60 @@ class LayoutSet:
         self.agent_offset = (PLANES - 1) * hw
         w = self.width
         self.moves = torch.as_tensor([-w, w, -1, 1], dtype=torch.long, device=self.device)
+        self.step_table = StepTable(self) if self._walled() else None
+        self._rendered: dict[str, Any] = {}
+
+    def _walled(self) -> bool:
+        """Every layout's border is wall, so no move leaves the map (the step tables hold every move's result)."""
+        cells = self.cells.view(len(self.layouts), self.height, self.width)
+        return bool((cells[:, 0] == WALL).all() and (cells[:, -1] == WALL).all() and (cells[:, :, 0] == WALL).all()
+                    and (cells[:, :, -1] == WALL).all())
+
+    def rendered(self, mode: str):
+        """``render`` of every (layout, cell) as one table (L·H·W rows), so a batch renders as one index_select; None
+        where it would exceed 64 MiB (large custom maps render per step)."""
+        if mode not in self._rendered:
+            hw = self.height * self.width
+            per_row = hw * (1 if mode == "board" else 4 * PLANES)
+            if len(self) * hw * per_row > 64 * 2**20:
+                self._rendered[mode] = None
+            else:
+                import torch
+
+                layout = torch.arange(len(self), device=self.device).repeat_interleave(hw)
+                pos = torch.arange(hw, device=self.device).repeat(len(self))
+                self._rendered[mode] = render(self, layout, pos, mode).reshape(len(self) * hw, -1)
+        return self._rendered[mode]
 
     def __len__(self) -> int:
         return len(self.layouts)
+
+
+class StepTable:
+    """``transition``'s results for every (layout, cell, action), indexed by ``(layout·H·W + cell)·4 + action``:
+    a batched step becomes a few 1-D gathers instead of ~20 small tensor ops, which is what the step's time went
+    to at 64 envs (issue 26, item 2: torch profiler, 200 µs/step). Built by calling ``transition`` on every
+    non-wall cell (an agent never stands in a wall), so its values are transition's, bit for bit."""
+
+    def __init__(self, ls: LayoutSet):
+        import torch
+
+        hw, n_actions = ls.height * ls.width, len(MOVES)
+        layout = torch.arange(len(ls), device=ls.device).repeat_interleave(hw * n_actions)
+        pos = torch.arange(hw, device=ls.device).repeat_interleave(n_actions).repeat(len(ls))
+        action = torch.arange(n_actions, device=ls.device).repeat(len(ls) * hw)
+        standing = ls.cells[layout, pos] != WALL
+        t = torch.zeros_like(pos)
+        out = transition(ls, layout[standing], pos[standing], t[standing], action[standing], max_steps=2)
+        next_pos, _, reward, terminated, _, goal, lava = out
+        self.next_pos = pos.clone()
+        self.next_pos[standing] = next_pos
+        self.next_cell = layout * hw + self.next_pos  # the next position's row in LayoutSet.rendered
+        self.reward = torch.full(pos.shape, MOVE_REWARD, device=ls.device)
+        self.reward[standing] = reward
+        self.terminated, self.goal, self.lava = (torch.zeros_like(standing) for _ in range(3))
+        self.terminated[standing], self.goal[standing], self.lava[standing] = terminated, goal, lava
+        self.start_cell = torch.arange(len(ls), device=ls.device) * hw + ls.starts
 
 
 def transition(ls: LayoutSet, layout, pos, t, action, max_steps: int = MAX_STEPS):
@@ -307,6 +360,29 @@ class TensorVecStep:
     layout: Any
 
 
+@functools.cache
+def keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB in the process (process-wide, once).
+
+    Every step returns two fresh observation batches (4 MiB each at 4096 envs, flat). With glibc's defaults a block
+    that size is mmap'ed, or trimmed from the heap's top when freed, so each new one is page-faulted in again: the
+    torch profiler put 80-90% of the step at 4096 envs in the two index_selects that fill them, and with the blocks
+    kept a step took 0.55 ms instead of 8.3 ms (issue 26, two-core VM under load 2). XLA pools its buffers alike.
+    The cost: memory freed in this process stays mapped (up to 256 MiB at the heap's top) instead of going back
+    to the OS. No-op off Linux/glibc."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: blocks up to 32 MiB come from the heap
+        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD: keep up to 256 MiB free at the heap's top
+    except (OSError, AttributeError):
+        pass
+
+
 class GridVecEnv:
     """``num_envs`` lava worlds stepped together on ``device``; a finished env starts its next episode in the same
     ``step`` (crl's VecStep contract) on a layout drawn uniformly from ``layouts``."""
@@ -334,6 +410,9 @@ class GridVecEnv:
         # the caller's setting (None: the caller's). On a busy two-core machine torch's default (a thread per
         # core) stepped 4096 envs several times slower than one thread (scripts/bench_gridworld_threads.py).
         self.torch_threads = torch_threads if self.device.type == "cpu" else None
+        obs_bytes = n * self.ls.height * self.ls.width * (1 if obs_mode == "board" else 4 * PLANES)
+        if self.device.type == "cpu" and obs_bytes >= 128 * 2**10:
+            keep_freed_memory()
 
     @contextlib.contextmanager
     def _threads(self):
@@ -368,18 +447,61 @@ class GridVecEnv:
     def step(self, actions) -> TensorVecStep:
         import torch
 
+        if self.torch_threads is None or torch.get_num_threads() == self.torch_threads:
+            return self._step(actions)  # no guard to set (a context manager costs ~3 µs a step at 64 envs)
         with self._threads():
+            return self._step(actions)
+
+    def _step(self, actions) -> TensorVecStep:
+        import torch
+
+        if (isinstance(actions, torch.Tensor) and actions.dtype == torch.long and actions.shape == (self.num_envs,)
+                and actions.device == self.device):
+            action = actions
+        else:
             action = torch.as_tensor(actions, device=self.device).reshape(self.num_envs).long()
-            pos, t, reward, terminated, truncated, goal, lava = transition(self.ls, self.layout, self.pos, self.t,
-                                                                           action, self.max_steps)
-            final_obs = render(self.ls, self.layout, pos, self.obs_mode)
-            episode_layout = self.layout
-            done = terminated | truncated
-            self.layout = self._draw().where(done, self.layout)
-            self.pos = self.ls.starts[self.layout].where(done, pos)
-            self.t = t.masked_fill(done, 0)
-            obs = render(self.ls, self.layout, self.pos, self.obs_mode)
-            return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)
+        table, rendered = self.ls.step_table, self.ls.rendered(self.obs_mode)
+        if table is not None and rendered is not None:
+            return self._step_from_tables(action, table, rendered)
+        pos, t, reward, terminated, truncated, goal, lava = transition(self.ls, self.layout, self.pos, self.t,
+                                                                       action, self.max_steps)
+        final_obs = render(self.ls, self.layout, pos, self.obs_mode)
+        episode_layout = self.layout
+        done = terminated | truncated
+        self.layout = self._draw().where(done, self.layout)
+        self.pos = self.ls.starts[self.layout].where(done, pos)
+        self.t = t.masked_fill(done, 0)
+        obs = render(self.ls, self.layout, self.pos, self.obs_mode)
+        return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)
+
+    def _step_from_tables(self, action, table: StepTable, rendered) -> TensorVecStep:
+        """``step`` as gathers from the layout set's tables: the same values as transition + render, bit for bit
+        (tests/test_gridworld.py), in about half the tensor ops."""
+        import torch
+
+        ls = self.ls
+        key = torch.add(action, torch.add(self.pos, self.layout, alpha=ls.height * ls.width), alpha=len(MOVES))
+        pos, cell = table.next_pos.index_select(0, key), table.next_cell.index_select(0, key)
+        reward, terminated = table.reward.index_select(0, key), table.terminated.index_select(0, key)
+        goal, lava = table.goal.index_select(0, key), table.lava.index_select(0, key)
+        t = self.t + 1
+        timeout = t >= self.max_steps
+        truncated = timeout > terminated  # timeout and not terminated
+        done = terminated | timeout
+        final_obs = rendered.index_select(0, cell)
+        episode_layout = self.layout
+        self.layout = layout = self._draw().where(done, episode_layout)
+        self.pos = ls.starts.index_select(0, layout).where(done, pos)
+        self.t = t.masked_fill(done, 0)
+        obs = rendered.index_select(0, table.start_cell.index_select(0, layout).where(done, cell))
+        if self.obs_mode != "flat":
+            final_obs, obs = final_obs.view(self._obs_shape()), obs.view(self._obs_shape())
+        return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)
+
+    def _obs_shape(self) -> tuple[int, ...]:
+        ls = self.ls
+        return {"flat": (self.num_envs, PLANES * ls.height * ls.width), "grid": (self.num_envs, PLANES, ls.height, ls.width),
+                "board": (self.num_envs, ls.height, ls.width)}[self.obs_mode]
 
     def close(self) -> None:
         pass

@@ -3,19 +3,25 @@
 Three SAC agents with Continual World's networks (4×256, 10 heads, batch 128) on the same filled
 replay buffer: probes off (``plasticity_every=0``), at the default cadence (every 1000 gradient
 steps), and at every step (the worst case; Adaptive Replay Ratio's cheap per-step FAU is between).
-They are timed in interleaved rounds so background load hits all alike; the ratios to "off" are
-printed. Env stepping is excluded, so the overhead share of a real run is smaller still.
+Timed with scripts/timing.py: interleaved rounds, one window of ``--per-window`` updates per agent and round
+(1000 by default, so each window of the default cadence holds exactly one probe), median and spread; the
+ratio "time vs off" is taken per round. All on ``--threads`` torch threads in one process (the same cores).
+Env stepping is excluded, so the overhead share of a real run is smaller still.
 
-    python scripts/bench_plasticity.py                 # 3000 timed updates per agent
-    python scripts/bench_plasticity.py --updates 1000 --rounds 5
+    python scripts/bench_plasticity.py                 # 3 rounds of 1000 updates per agent
+    python scripts/bench_plasticity.py --per-window 200 --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Program, measure, report  # noqa: E402
 
 from crl.registry import agent_class, make_agent_config
 from crl.agents.sac import SAC, SACConfig
@@ -31,8 +37,8 @@ def filled(agent: SAC, obs_dim: int, act_dim: int, n: int = 10_000) -> SAC:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=3000, help="timed gradient steps per agent")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-window", type=int, default=1000, help="gradient steps per agent in each timed window")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,27 +50,25 @@ def main() -> None:
         "probes every step": SAC(obs_dim, act_dim, 10, SACConfig(plasticity_every=1), device),
         "ARR (critic FAU every step)": agent_class("arr")(obs_dim, act_dim, 10, make_agent_config("arr"), device),
     }
-    seconds = dict.fromkeys(agents, 0.0)
-    per_round = args.updates // args.rounds
-    for agent in agents.values():
+
+    def updates(agent: SAC):
+        def block():
+            for _ in range(args.per_window):
+                agent.gradient_step()
+        return block
+
+    programs = []
+    for name, agent in agents.items():
         filled(agent, obs_dim, act_dim)
         for _ in range(20):
             agent.gradient_step()
-    for _ in range(args.rounds):
-        for name, agent in agents.items():
-            start = time.perf_counter()
-            for _ in range(per_round):
-                agent.gradient_step()
-            seconds[name] += time.perf_counter() - start
-    n = per_round * args.rounds
-    base = n / seconds["probes off"]
-    print(f"SAC update, CW networks 4x256, batch 128, torch threads {torch.get_num_threads()}, "
-          f"{n} timed updates per agent in {args.rounds} interleaved rounds")
-    print(f"{'agent':32s} {'updates/s':>10s} {'time vs off':>12s}")
-    for name in agents:
-        rate = n / seconds[name]
-        print(f"{name:32s} {rate:10.1f} {base / rate:12.3f}")
-    print(f"overhead of the default cadence: {100 * (seconds['probes every 1000 (default)'] / seconds['probes off'] - 1):+.1f}%")
+        programs.append(Program(name, updates(agent), args.per_window, threads=f"{torch.get_num_threads()} torch",
+                                warmup_calls=0))
+    print(f"SAC update, CW networks 4x256, batch 128, {args.per_window} updates per window")
+    results = measure(programs, rounds=args.rounds, seconds=0.0, unit="updates")
+    # rate(off) / rate(x) per round = x's time relative to off
+    print(report(results, [("probes off", name) for name in list(agents)[1:]]))
+    print("(a ratio 'probes off / X' is X's time per update relative to probes off)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ One SAC agent with Continual World's networks; crl/evaluate.py's Evaluator runs 
 with ``--episodes`` episodes each (CW: 10 × 10 × 200 = 20,000 env steps, all tasks batched into one
 ``act`` per step). In the same run, the same agent trains on hammer-v3 with CW's schedule (50
 updates every 50 env steps, batch 128) for ``--train-steps`` steps; the time for CW's 20,000 steps
-between evaluations is extrapolated from that, and the ratio printed.
+between evaluations is extrapolated from that, and the ratio printed. Timed with scripts/timing.py: the two
+interleaved over ``--rounds`` rounds (one evaluation, then ``--train-steps`` steps, order rotated), median and
+spread, the ratio taken per round; both on ``--threads`` torch threads in one process.
 
     python scripts/bench_eval.py                       # EnvPool where it imports
     python scripts/bench_eval.py --backend gymnasium --episodes 10
@@ -13,7 +15,9 @@ between evaluations is extrapolated from that, and the ratio printed.
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
+import sys
+from pathlib import Path
 
 import torch
 
@@ -23,9 +27,12 @@ from crl.envs import make_sequence
 from crl.envs.vector import BACKENDS, resolve_backend
 from crl.evaluate import Evaluator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Program, measure, report, spread  # noqa: E402
 
-def train_seconds_per_step(agent: SAC, task, backend: str, steps: int) -> float:
-    """Seconds per env step of CW's training loop (act → step → observe → update), updates running."""
+
+def training_block(agent: SAC, task, backend: str, steps: int):
+    """A callable doing ``steps`` env steps of CW's training loop (act → step → observe → update), updates running."""
     env = task.make_vec(1, 0, backend)
     obs = torch.as_tensor(env.reset())
     task_idx = torch.full((1,), task.index)
@@ -42,11 +49,12 @@ def train_seconds_per_step(agent: SAC, task, backend: str, steps: int) -> float:
 
     while agent.gradient_steps == 0 or agent.pending_updates >= 1:  # past the warm-up, at a round's end
         step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    env.close()
-    return (time.perf_counter() - start) / steps
+
+    def block() -> None:
+        for _ in range(steps):
+            step()
+
+    return block
 
 
 def main() -> None:
@@ -56,6 +64,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=20_000, help="env steps between evaluations (CW: 20k)")
     parser.add_argument("--train-steps", type=int, default=1000, help="timed training steps (a multiple of 50)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -65,20 +74,24 @@ def main() -> None:
     agent = SAC(task.obs_dim, task.act_dim, len(seq), SACConfig(start_steps=1000, update_after=1000), torch.device("cpu"))
     agent.begin_task(task)
     evaluator = Evaluator(seq, args.episodes, seed=0, backend=backend, device=torch.device("cpu"))
-    evaluator.evaluate(agent)  # builds the envs (not timed: once per run)
-    start = time.perf_counter()
-    rows = evaluator.evaluate(agent)
-    eval_seconds = time.perf_counter() - start
-    evaluator.close()
-    per_step = train_seconds_per_step(agent, task, backend, args.train_steps)
-    train_seconds = per_step * args.eval_every
     env_steps = sum(args.episodes * t.episode_len for t in seq.tasks)
-    print(f"backend {backend}, torch threads {torch.get_num_threads()}, CW10: {len(rows)} tasks × {args.episodes} "
-          f"episodes × 200 steps = {env_steps} env steps, one batched act per step")
-    print(f"evaluation: {eval_seconds:.1f} s ({env_steps / eval_seconds:.0f} env steps/s)")
-    print(f"training between evaluations: {args.eval_every} steps × {1000 * per_step:.1f} ms = {train_seconds:.0f} s "
-          f"(measured over {args.train_steps} steps with CW's updates)")
-    print(f"ratio evaluation / training between evaluations: {eval_seconds / train_seconds:.3f}")
+    programs = [Program("evaluation", lambda: evaluator.evaluate(agent), env_steps, threads=f"{args.threads} torch",
+                        warmup_calls=1),  # the first builds the envs (once per run)
+                Program("training", training_block(agent, task, backend, args.train_steps), args.train_steps,
+                        threads=f"{args.threads} torch", warmup_calls=0)]
+    results = measure(programs, rounds=args.rounds, seconds=0.0)
+    evaluator.close()
+    # per round: seconds of one evaluation / seconds of the training between two evaluations
+    ratios = [(env_steps / e) / (args.eval_every / t) for e, t in zip(results.rates["evaluation"], results.rates["training"])]
+    print(f"backend {backend}, CW10: {len(seq.tasks)} tasks × {args.episodes} episodes × 200 steps = {env_steps} env "
+          f"steps, one batched act per step; training: {args.train_steps} steps a window with CW's updates")
+    print(report(results))
+    eval_s, train_s = env_steps / statistics.median(results.rates["evaluation"]), \
+        args.eval_every / statistics.median(results.rates["training"])
+    r = spread(ratios)
+    print(f"evaluation: {eval_s:.1f} s; training between evaluations ({args.eval_every} steps): {train_s:.0f} s")
+    print(f"ratio evaluation / training between evaluations: median {r['median']:.3f} (per round, min–max "
+          f"{r['min']:.3f}–{r['max']:.3f})")
 
 
 if __name__ == "__main__":

@@ -310,9 +310,8 @@ class StepTable:
         t = torch.zeros_like(pos)
         out = transition(ls, layout[standing], pos[standing], t[standing], action[standing], max_steps=2)
         next_pos, _, reward, terminated, _, goal, lava = out
-        self.next_pos = pos.clone()
-        self.next_pos[standing] = next_pos
-        self.next_cell = layout * hw + self.next_pos  # the next position's row in LayoutSet.rendered
+        self.next_cell = layout * hw + pos  # layout·H·W + the position after the move: a row of LayoutSet.rendered
+        self.next_cell[standing] += next_pos - pos[standing]
         self.reward = torch.full(pos.shape, MOVE_REWARD, device=ls.device)
         self.reward[standing] = reward
         self.terminated, self.goal, self.lava = (torch.zeros_like(standing) for _ in range(3))
@@ -403,8 +402,10 @@ class GridVecEnv:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed) % 2**63)
         n = self.num_envs
-        self.layout = torch.zeros(n, dtype=torch.long, device=self.device)
-        self.pos = self.ls.starts[self.layout]
+        self._hw = self.ls.height * self.ls.width
+        self._layout = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._pos = self.ls.starts[self._layout]
+        self._cell = self._layout * self._hw + self._pos
         self.t = torch.zeros(n, dtype=torch.long, device=self.device)
         # reset/step on the CPU run their small tensor ops on ``torch_threads`` intra-op threads and then restore
         # the caller's setting (None: the caller's). On a busy two-core machine torch's default (a thread per
@@ -413,6 +414,27 @@ class GridVecEnv:
         obs_bytes = n * self.ls.height * self.ls.width * (1 if obs_mode == "board" else 4 * PLANES)
         if self.device.type == "cpu" and obs_bytes >= 128 * 2**10:
             keep_freed_memory()
+
+    # The state is (layout, cell) with cell = layout·H·W + pos, what the step tables are indexed by; ``pos`` is
+    # derived when read (the step then needs no position gathers), and setting either keeps the other's meaning.
+    @property
+    def layout(self):
+        return self._layout
+
+    @layout.setter
+    def layout(self, value) -> None:
+        pos = self.pos
+        self._layout, self._pos, self._cell = value, pos, value * self._hw + pos
+
+    @property
+    def pos(self):
+        if self._pos is None:
+            self._pos = self._cell - self._layout * self._hw
+        return self._pos
+
+    @pos.setter
+    def pos(self, value) -> None:
+        self._pos, self._cell = value, self._layout * self._hw + value
 
     @contextlib.contextmanager
     def _threads(self):
@@ -479,9 +501,8 @@ class GridVecEnv:
         (tests/test_gridworld.py), in about half the tensor ops."""
         import torch
 
-        ls = self.ls
-        key = torch.add(action, torch.add(self.pos, self.layout, alpha=ls.height * ls.width), alpha=len(MOVES))
-        pos, cell = table.next_pos.index_select(0, key), table.next_cell.index_select(0, key)
+        key = torch.add(action, self._cell, alpha=len(MOVES))
+        cell = table.next_cell.index_select(0, key)
         reward, terminated = table.reward.index_select(0, key), table.terminated.index_select(0, key)
         goal, lava = table.goal.index_select(0, key), table.lava.index_select(0, key)
         t = self.t + 1
@@ -489,11 +510,12 @@ class GridVecEnv:
         truncated = timeout > terminated  # timeout and not terminated
         done = terminated | timeout
         final_obs = rendered.index_select(0, cell)
-        episode_layout = self.layout
-        self.layout = layout = self._draw().where(done, episode_layout)
-        self.pos = ls.starts.index_select(0, layout).where(done, pos)
+        episode_layout = self._layout
+        self._layout = layout = self._draw().where(done, episode_layout)
+        self._cell = table.start_cell.index_select(0, layout).where(done, cell)
+        self._pos = None
         self.t = t.masked_fill(done, 0)
-        obs = rendered.index_select(0, table.start_cell.index_select(0, layout).where(done, cell))
+        obs = rendered.index_select(0, self._cell)
         if self.obs_mode != "flat":
             final_obs, obs = final_obs.view(self._obs_shape()), obs.view(self._obs_shape())
         return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)

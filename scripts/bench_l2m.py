@@ -10,8 +10,8 @@ Both models are measured in the same run under the same conditions:
 - Same update: forward + loss + backward + grad-norm clip 0.25 + AdamW (lr 1e-4, weight decay 0.01;
   torch's default foreach implementation, or ``--fused`` for both), dropout 0.1 active (train mode).
 - Same torch thread count (``--threads``, default 1, set before anything runs).
-- Timing alternates crl / HF for ``--rounds`` rounds of ``--steps`` updates after ``--warmup`` updates
-  each, and reports the median round of each.
+- Timed with scripts/timing.py: ``--warmup`` updates each, then ``--rounds`` interleaved rounds (order rotated)
+  of one window of ``--steps`` updates per model; median updates/s with min–max and IQR, crl/HF per round.
 
 What differs (stated in the output too):
 
@@ -32,10 +32,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Program, measure, report, spread  # noqa: E402
 
 
 def make_batches(n: int, B: int, K: int, S: int, A: int, pad: int, seed: int) -> list[dict]:
@@ -109,11 +113,12 @@ def matmul_gflops(n: int = 512, reps: int = 20) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def time_updates(update, batches, n: int) -> float:
-    t0 = time.perf_counter()
-    for i in range(n):
-        update(batches[i % len(batches)])
-    return n / (time.perf_counter() - t0)
+def update_block(update, batches, n: int):
+    """A callable doing ``n`` updates, cycling through ``batches``."""
+    def block() -> None:
+        for i in range(n):
+            update(batches[i % len(batches)])
+    return block
 
 
 def main(argv=None) -> None:
@@ -158,21 +163,22 @@ def main(argv=None) -> None:
           f"attn_implementation={hf_attn}")
 
     probe = [matmul_gflops()]
+    programs = [Program("crl DecisionTransformer", update_block(crl_update, batches, args.steps), args.steps,
+                        threads=f"{args.threads} torch", warmup_calls=0),
+                Program("hf DecisionTransformerModel", update_block(hf_update, batches, args.steps), args.steps,
+                        threads=f"{args.threads} torch", warmup_calls=0)]
     for _ in range(args.warmup):
         crl_update(batches[0])
         hf_update(batches[0])
-    crl_rates, hf_rates = [], []
-    for r in range(args.rounds):
-        crl_rates.append(time_updates(crl_update, batches, args.steps))
-        hf_rates.append(time_updates(hf_update, batches, args.steps))
-        print(f"round {r}: crl {crl_rates[-1]:.2f}  hf {hf_rates[-1]:.2f} updates/s")
+    results = measure(programs, rounds=args.rounds, seconds=0.0, unit="updates",
+                      log=lambda line: print(line, flush=True))
     probe.append(matmul_gflops())
     print(f"fp32 512^3 matmul probe before/after: {probe[0]:.0f} / {probe[1]:.0f} GFLOP/s on {args.threads} "
           f"thread(s) (an idle 2-core EPYC runs ~105 per thread; lower means the CPU is shared)")
-    crl_rate, hf_rate = statistics.median(crl_rates), statistics.median(hf_rates)
+    print(report(results, [(programs[0].name, programs[1].name)]))
+    crl_rate, hf_rate = (spread(results.rates[p.name])["median"] for p in programs)
     print(f"crl DecisionTransformer: {crl_rate:.2f} updates/s ({1e3 / crl_rate:.1f} ms/update)")
     print(f"hf  DecisionTransformerModel: {hf_rate:.2f} updates/s ({1e3 / hf_rate:.1f} ms/update)")
-    print(f"ratio crl/hf (updates/s): {crl_rate / hf_rate:.2f}")
 
 
 if __name__ == "__main__":

@@ -130,11 +130,15 @@ def report(results: Results, ratios: Sequence[tuple[str, str]] = ()) -> str:
     lines = ["; ".join(f"{k}: {v}" for k, v in results.context.items())]
     width = max(len(n) for n in results.names)
     lines.append(f"{'program':<{width}}  {'median ' + results.unit + '/s':>18}  {'min–max':>25}  {'IQR':>25}  threads")
+    def num(x: float, w: int, align: str = ">") -> str:
+        return f"{x:{align}{w},.0f}" if x >= 100 else f"{x:{align}{w}.2f}"  # slow programs keep two decimals
+
     for name in results.names:
         s = spread(results.rates[name])
-        lines.append(f"{name:<{width}}  {s['median']:>18,.0f}  {s['min']:>12,.0f}–{s['max']:<12,.0f}"
-                     f"  {s['q1']:>12,.0f}–{s['q3']:<12,.0f}  {results.threads[name]}")
+        lines.append(f"{name:<{width}}  {num(s['median'], 18)}  {num(s['min'], 12)}–{num(s['max'], 12, '<')}"
+                     f"  {num(s['q1'], 12)}–{num(s['q3'], 12, '<')}  {results.threads[name]}")
     for a, b in ratios:
         s = spread(ratio_per_round(results, a, b))
-        lines.append(f"{a} / {b}: median {s['median']:.2f} (per round, min–max {s['min']:.2f}–{s['max']:.2f})")
+        r = {k: f"{v:.2f}" if v >= 0.01 else f"{v:.3g}" for k, v in s.items()}
+        lines.append(f"{a} / {b}: median {r['median']} (per round, min–max {r['min']}–{r['max']})")
     return "\n".join(lines)

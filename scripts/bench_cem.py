@@ -22,13 +22,18 @@ known reward in torch, full covariance. Printed beside, measured in the same run
 
 On a CPU the times are this process's CPU seconds (``time.process_time``), so a machine shared with other
 jobs gives rates per CPU-second rather than per wall second; the ratios, measured together, are what count.
+The planners are timed with scripts/timing.py: one warm-up call each, then ``--repeats`` interleaved rounds of
+one call per planner (order rotated), median actions/s with min–max and IQR, ratios taken per round; all on
+``--threads`` torch threads in one process (the same cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,6 +42,9 @@ from crl.core import UsageError
 from crl.envs.dynamics import cheetah_reward
 from crl.hypernet import target_forward, target_shapes
 from crl.planning import CEMConfig, plan, rollout_returns
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Program, measure, report, spread  # noqa: E402
 
 OBS, ACT, HIDDEN = 18, 6, (200, 200, 200, 200)
 
@@ -171,13 +179,14 @@ def main() -> None:
     for n in [int(v) for v in args.envs.split(",")]:
         obs = torch.randn(n, OBS, device=device)
         print(f"n={n}:")
-        reference = None
+        programs = []
         if mbrl_plan_one is not None:
             starts = obs.cpu().numpy()
 
             def mbrl_plan():
                 for k in range(n):  # mbrl-lib plans one environment per call
                     mbrl_plan_one(starts[k])
+                sync(device)
 
             def mbrl_optimizer_on_crl_model():
                 for k in range(n):
@@ -185,23 +194,34 @@ def main() -> None:
                     mbrl_optimizer.optimize(lambda pop: rollout_returns(start, pop.unsqueeze(0), fp32_dynamics,
                                                                    cheetah_reward)[0],
                                        x0=torch.zeros(cfg.horizon, ACT, device=device))
+                sync(device)
 
-            reference = n / timed(mbrl_plan, device, max(1, args.repeats - 1))
-            optimizer_only = n / timed(mbrl_optimizer_on_crl_model, device, max(1, args.repeats - 1))
+            programs += [Program("mbrl-lib stack (fp32)", mbrl_plan, n, threads=f"{args.threads} torch", warmup_calls=1),
+                         Program("mbrl-lib CEMOptimizer on crl's model", mbrl_optimizer_on_crl_model, n,
+                                 threads=f"{args.threads} torch", warmup_calls=1)]
+
+        def crl_plan(dynamics):
+            def block():
+                plan(obs, dynamics, cheetah_reward, cfg, -1.0, 1.0, ACT)
+                sync(device)
+            return block
+
+        crl_names = {d: f"crl CEM {d}" for d in chosen}
+        programs += [Program(crl_names[d], crl_plan(model(device, dtypes[d])[0]), n, threads=f"{args.threads} torch",
+                             warmup_calls=1) for d in chosen]
+        clock = time.perf_counter if device.type == "cuda" else time.process_time
+        results = measure(programs, rounds=args.repeats, seconds=0.0, unit="actions", clock=clock)
+        ratios = [(crl_names[d], p.name) for d in chosen for p in programs[:2]] if mbrl_plan_one is not None else []
+        print(report(results, ratios))
+        median = {name: spread(rates)["median"] for name, rates in results.rates.items()}
+        if mbrl_plan_one is not None:
             # No planner doing crl's arithmetic in fp32 beats the fp32 matmul peak: this is the most it can gain.
-            ceiling = peaks["float32"] / flop_per_action / reference
-            print(f"  mbrl-lib, its whole stack (fp32):         {reference:8.2f} actions/s; crl's arithmetic at "
-                  f"100% of the fp32 peak would be {ceiling:.2f}× it")
-            print(f"  mbrl-lib CEMOptimizer on crl's fp32 model: {optimizer_only:8.2f} actions/s")
+            ceiling = peaks["float32"] / flop_per_action / median["mbrl-lib stack (fp32)"]
+            print(f"  crl's arithmetic at 100% of the fp32 peak would be {ceiling:.2f}× mbrl-lib's stack")
         for d in chosen:
-            dynamics, _ = model(device, dtypes[d])
-            rate = n / timed(lambda: plan(obs, dynamics, cheetah_reward, cfg, -1.0, 1.0, ACT), device, args.repeats)
-            achieved = rate * flop_per_action
-            line = (f"  crl CEM, {d:8s} model:              {rate:8.2f} actions/s, {achieved / 1e9:7.1f} GFLOP/s = "
-                    f"{100 * achieved / peaks[d]:5.1f}% of the {d} matmul peak")
-            if reference is not None:
-                line += f"; crl / mbrl-lib stack = {rate / reference:5.2f}×, crl / mbrl optimizer = {rate / optimizer_only:5.2f}×"
-            print(line, flush=True)
+            achieved = median[crl_names[d]] * flop_per_action
+            print(f"  crl CEM, {d:8s} model: {achieved / 1e9:7.1f} GFLOP/s = {100 * achieved / peaks[d]:5.1f}% of the "
+                  f"{d} matmul peak", flush=True)
 
 
 if __name__ == "__main__":

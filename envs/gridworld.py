@@ -410,8 +410,12 @@ class GridVecEnv:
         # reset/step on the CPU run their small tensor ops on ``torch_threads`` intra-op threads and then restore
         # the caller's setting (None: the caller's). On a busy two-core machine torch's default (a thread per
         # core) stepped 4096 envs several times slower than one thread (scripts/bench_gridworld_threads.py).
-        self.torch_threads = torch_threads if self.device.type == "cpu" else None
-        obs_bytes = n * self.ls.height * self.ls.width * (1 if obs_mode == "board" else 4 * PLANES)
+        # Below torch's grain size (32,768 elements; the largest op is the observation batch) no op is split across
+        # threads anyway, and switching the thread count twice a step cost more than the step (64 envs: 137 µs a
+        # step under the guard against 76-91 µs without, torch's default 2 threads, idle VM; issue 26).
+        obs_elems = n * self.ls.height * self.ls.width * (1 if obs_mode == "board" else PLANES)
+        self.torch_threads = torch_threads if self.device.type == "cpu" and obs_elems >= 32_768 else None
+        obs_bytes = obs_elems * (1 if obs_mode == "board" else 4)
         if self.device.type == "cpu" and obs_bytes >= 128 * 2**10:
             keep_freed_memory()
 

@@ -8,7 +8,8 @@ and each crl/peer ratio taken per round (its median and range). All programs run
 share the same cores (``--cores`` pins it); their threads are printed with the results:
 - crl's ``GridVecEnv`` (envs/gridworld.py) on the 8 training layouts of the ``gap`` family at 1, 64 and 4096
   envs on ``--device``, flat observations (what crl's agents get), same-step autoreset; its ops run on one torch
-  intra-op thread (the env's ``torch_threads=1`` guard). Actions: uniform random, drawn 100 steps at a time;
+  intra-op thread (the env's ``torch_threads=1`` guard, or ops too small for torch to split: below 130 envs).
+  Actions: uniform random, drawn 100 steps at a time;
 - Farama Minigrid's ``MiniGrid-LavaGapS7-v0`` (numpy, one env, one thread; ``pip install minigrid``);
 - NAVIX's ``Navix-LavaGapS7-v0`` (JAX, ``jit(vmap(step))`` under ``lax.scan``, 100 steps per call, random
   actions drawn inside) at 64 and 4096 envs on JAX's default backend (``JAX_PLATFORMS=cpu`` for CPU; ``pip
@@ -48,7 +49,8 @@ def crl_program(n: int, device: str) -> Program:
             torch.cuda.synchronize()
 
     return Program(f"crl {n} envs ({device})", block, n * CHUNK,
-                   threads=f"{env.torch_threads or torch.get_num_threads()} torch thread(s)")
+                   threads=f"{env.torch_threads} torch thread (env guard)" if env.torch_threads else
+                   "1 (ops below torch's grain size)")
 
 
 def minigrid_program() -> Program:

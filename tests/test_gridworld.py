@@ -333,12 +333,14 @@ def test_vec_env_steps_on_one_thread_and_restores_the_callers_setting(monkeypatc
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        guarded, plain = g.GridVecEnv(layouts, 64, seed=3), g.GridVecEnv(layouts, 64, seed=3, torch_threads=None)
+        # 1024 envs: observation batches above torch's grain size (below it the env leaves the setting alone)
+        assert g.GridVecEnv(layouts, 64, seed=3).torch_threads is None
+        guarded, plain = g.GridVecEnv(layouts, 1024, seed=3), g.GridVecEnv(layouts, 1024, seed=3, torch_threads=None)
         guarded.reset()
         assert threads_inside == [1] and torch.get_num_threads() == 2
         plain.reset()
         assert threads_inside == [1, 2]
-        actions = torch.randint(4, (20, 64), generator=torch.Generator().manual_seed(0))
+        actions = torch.randint(4, (20, 1024), generator=torch.Generator().manual_seed(0))
         for a in actions:
             guarded_step, plain_step = guarded.step(a), plain.step(a)
             assert torch.equal(guarded_step.obs, plain_step.obs) and torch.equal(guarded_step.reward, plain_step.reward)

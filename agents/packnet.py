@@ -115,7 +115,7 @@ class PackNet(Extension):
         if task >= learner.task_index:  # the task in training (or a later one) sees every weight
             view = {}
         else:
-            view = {n: w for n, w in self.masks.view(task).items() if not n.startswith(CRITICS)}
+            view = self.masks.view(task, skip_prefix=CRITICS)
         return learner.policy_actions(obs, task, deterministic, weights=view)
 
 

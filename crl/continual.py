@@ -250,9 +250,11 @@ class PackNetMasks:
                 p[drop] = 0.0
                 owner[drop] = task + 1
 
-    def view(self, task: int) -> dict[str, torch.Tensor]:
-        """{name: weights as task ``task`` sees them} for the managed matrices."""
-        return {n: p * (self.owner[n] <= task) for n, p in self.matrices.items()}
+    def view(self, task: int, skip_prefix: str | None = None) -> dict[str, torch.Tensor]:
+        """{name: weights as task ``task`` sees them} for the managed matrices (those named ``skip_prefix…`` left
+        out: acting needs the actor's view only, not the critics')."""
+        return {n: p * (self.owner[n] <= task) for n, p in self.matrices.items()
+                if skip_prefix is None or not n.startswith(skip_prefix)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"owner": self.owner, "freeze_others": self.freeze_others}

@@ -225,14 +225,14 @@ class PlasticityProbe:
 
     @staticmethod
     def _parameter_metrics(params: dict[str, torch.Tensor], initial: dict[str, torch.Tensor],
-                           grads: list[torch.Tensor]) -> dict[str, float]:
+                           gradient_norm: float) -> dict[str, float]:
         """One network's weight magnitude and change per matrix and its gradient norm, as ``<param>/<metric>``."""
         out = {}
         for pname, p in params.items():
             if pname in initial:
                 out[f"{pname}/weight_magnitude"] = weight_magnitude(p)
                 out[f"{pname}/weight_change"] = weight_change(p, initial[pname])
-        out["all/grad_norm"] = _norm(grads)
+        out["all/grad_norm"] = gradient_norm
         return out
 
     def collect(self) -> dict[str, float]:
@@ -241,8 +241,7 @@ class PlasticityProbe:
         params = dict(self.network.named_parameters())
         if self.members is None:
             out = self._activation_metrics(self.captured)
-            out.update(self._parameter_metrics(params, self.initial,
-                                               [p.grad.detach() for p in params.values() if p.grad is not None]))
+            out.update(self._parameter_metrics(params, self.initial, grad_norm(params.values())))
             return {f"{prefix}/{k}": v for k, v in out.items()}  # ``captured`` stays: ReDo reads it after the step
         per_member = []
         for i in range(self.members):
@@ -252,7 +251,7 @@ class PlasticityProbe:
             member.update(self._parameter_metrics(
                 {n: p[i] for n, p in params.items() if p.dim() >= 3 and p.shape[-2] > 1},
                 {n: w[i] for n, w in self.initial.items()},
-                [p.grad.detach()[i] for p in params.values() if p.grad is not None]))
+                _norm([p.grad.detach()[i] for p in params.values() if p.grad is not None])))
             per_member.append(member)
         out = {f"{prefix}{i}/{k}": v for i, member in enumerate(per_member) for k, v in member.items()}
         out.update({f"{prefix}/{k}": sum(m[k] for m in per_member) / self.members for k in per_member[0]})

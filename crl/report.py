@@ -355,16 +355,12 @@ def markdown(groups: list[Group], notes: list[str], tables: list[GroupTable] = (
     for table in tables:
         rows = table.group_rows(groups)
         if rows:
-            lines += ["", f"{table.title}:", "", "| sequence · agent | seeds | " + " | ".join(table.columns) + " |",
-                      "|---|---|" + "---|" * len(table.columns)]
-            lines += [f"| {name} | {n} | " + " | ".join(values) + " |" for name, n, values in rows]
+            lines += _md_table(table.title, "seeds", table.columns, rows)
     text = "\n".join(lines) + "\n\nMean [90% bootstrap CI] over seeds.\n"
     if rl is not None:
         cols, rows = rliable_rows(rl)
         if rows:
-            text += (f"\n{RLIABLE_TITLE}:\n\n| sequence · agent | runs | " + " | ".join(cols) + " |\n|---|---|"
-                     + "---|" * len(cols) + "\n" + "".join(f"| {name} | {n} | " + " | ".join(values) + " |\n"
-                                                           for name, n, values in rows))
+            text += "\n".join(_md_table(RLIABLE_TITLE, "runs", cols, rows)) + "\n"
         if rl.improvement:
             text += (f"\n{IMPROVEMENT_TITLE}:\n\n| X | Y | P(X > Y) |\n|---|---|---|\n"
                      + "".join(f"| {p['x']} | {p['y']} | {_ci(p['probability'])} |\n" for p in rl.improvement))
@@ -555,17 +551,11 @@ def html_page(groups: list[Group], notes: list[str], runs: list[Run], figs: list
         rows = table.group_rows(groups)
         if rows:
             parts.append(f"<h2>{esc(table.title)}</h2><p>Mean [90% bootstrap CI] over seeds.</p>"
-                         f"<table id='{table.key}'><tr><th>sequence · agent</th><th>seeds</th>"
-                         + "".join(f"<th>{esc(c)}</th>" for c in table.columns) + "</tr>"
-                         + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
-                                   + "</tr>" for name, n, values in rows) + "</table>")
+                         + _html_table(table.key, "seeds", table.columns, rows))
     if rl is not None:
         cols, rows = rliable_rows(rl)
         if rows:
-            parts.append(f"<h2>{esc(RLIABLE_TITLE)}</h2><table id='rliable'><tr><th>sequence · agent</th><th>runs</th>"
-                         + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"
-                         + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
-                                   + "</tr>" for name, n, values in rows) + "</table>")
+            parts.append(f"<h2>{esc(RLIABLE_TITLE)}</h2>" + _html_table("rliable", "runs", cols, rows))
         if rl.improvement:
             parts.append(f"<h2>{esc(IMPROVEMENT_TITLE)}</h2><table id='improvement'><tr><th>X</th><th>Y</th>"
                          "<th>P(X &gt; Y)</th></tr>" + "".join(
@@ -605,6 +595,22 @@ def _default_out(paths: list[Path], run_dirs: list[Path]) -> Path:
     if len(paths) == 1 and not (Path(paths[0]) / "config.yaml").exists():
         return Path(paths[0])  # a sweep dir
     return Path(os.path.commonpath([str(p.resolve().parent) for p in run_dirs]))
+
+
+def _md_table(title: str, count_head: str, columns: list[str], rows) -> list[str]:
+    """Markdown lines of a per-group table: a blank line, its title, then (name, count, values) rows."""
+    return (["", f"{title}:", "", f"| sequence · agent | {count_head} | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+            + [f"| {name} | {n} | " + " | ".join(values) + " |" for name, n, values in rows])
+
+
+def _html_table(key: str, count_head: str, columns: list[str], rows) -> str:
+    """The HTML twin of ``_md_table`` (without the title)."""
+    esc = html.escape
+    return (f"<table id='{key}'><tr><th>sequence · agent</th><th>{count_head}</th>"
+            + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>"
+            + "".join(f"<tr><td>{esc(name)}</td><td>{n}</td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
+                      + "</tr>" for name, n, values in rows) + "</table>")
 
 
 def report(paths: list[Path], as_json: bool = False, out: Path | None = None, html: bool = True,

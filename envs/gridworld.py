@@ -521,7 +521,8 @@ class GridVecEnv:
         self.t = t.masked_fill(done, 0)
         obs = rendered.index_select(0, self._cell)
         if self.obs_mode != "flat":
-            final_obs, obs = final_obs.view(self._obs_shape()), obs.view(self._obs_shape())
+            shape = self._obs_shape()
+            final_obs, obs = final_obs.view(shape), obs.view(shape)
         return TensorVecStep(obs, reward, terminated, truncated, goal, final_obs, lava, episode_layout)
 
     def _obs_shape(self) -> tuple[int, ...]:
